@@ -1,0 +1,5 @@
+import sys
+
+from scratchllm.cli import main
+
+sys.exit(main())

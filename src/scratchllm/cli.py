@@ -1,0 +1,148 @@
+"""The `scratchllm` command: argument parsing only; every command is a call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from scratchllm.errors import ScratchLLMError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage block) and exit 2."""
+
+    def error(self, message: str):
+        raise ScratchLLMError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scratchllm.models.presets import DEFAULT_PRESET, PRESETS
+
+    parser = _Parser(prog="scratchllm", description="Language models from scratch: train, sample, evaluate.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    presets = "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
+    t = sub.add_parser("train", help="train a model from a preset", description=f"Train a preset. Presets: {presets}.")
+    t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET})")
+    t.add_argument("--data", default=None, help="corpus: shakespeare (default), tinyshakespeare, or a path to a .txt file or folder")
+    t.add_argument("--out", default=None, help="run folder (default runs/PRESET-TIMESTAMP)")
+    t.add_argument("--max-steps", type=_positive_int, default=None, help="optimizer steps (default: the preset's)")
+    t.add_argument("--max-time", type=float, default=None, help="stop after this many seconds of training")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 autocast where the hardware is fast at it")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model or trainer field, e.g. --set n_layer=6 --set lr=3e-4 (repeatable)")
+    t.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (a run folder or checkpoint)")
+    t.add_argument("--sample-tokens", type=_positive_int, default=300, help="tokens to sample when training ends (0: none)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="generate text from a checkpoint", description="Sample text, streamed to stdout.")
+    s.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder (latest/, best/)")
+    s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=500)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--device", default="cpu")
+
+    e = sub.add_parser("eval", help="validation loss and bits per character of a checkpoint",
+                       description="Evaluate on the whole validation split (the last 10%% of the corpus).")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on)")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    e.add_argument("--device", default="cpu")
+    return parser
+
+
+def cmd_train(args) -> None:
+    from scratchllm.train.run import train
+
+    summary = train(preset=args.preset, data=args.data, out=args.out, overrides=args.overrides,
+                    max_steps=args.max_steps, max_time=args.max_time, precision=args.precision,
+                    compile=args.compile, resume=args.resume, progress=not args.no_progress)
+    if not summary["is_main"]:
+        return
+    out = summary["out"]
+    print(f"trained {summary['n_params']:,} parameters for {summary['step']} steps in {summary['seconds']:.0f} s "
+          f"({summary['precision']}): val loss {summary['val_loss']:.4f}, best {summary['best_val']:.4f}")
+    if args.sample_tokens:
+        print("--- sample ---")
+        _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu")
+        print("\n--------------")
+    print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png\nmetrics:    {out}/metrics.jsonl")
+    print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
+
+
+def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device) -> None:
+    from scratchllm.generate import TextStream, generate
+    from scratchllm.train.checkpoint import load_checkpoint
+
+    if prompt == "":
+        raise ScratchLLMError("the prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
+    if top_k is not None and top_k < 1:
+        raise ScratchLLMError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ScratchLLMError(f"--top-p must be in (0, 1], got {top_p}")
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ScratchLLMError(f"--temperature must be >= 0, got {temperature}")
+    model, tokenizer, _ = load_checkpoint(checkpoint, device=device)
+    ids = tokenizer.encode(prompt)
+    stream = TextStream(tokenizer)
+    sys.stdout.write(prompt)
+    for token in generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, device):
+        sys.stdout.write(stream.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(stream.flush())
+    sys.stdout.flush()
+
+
+def cmd_sample(args) -> None:
+    _stream_sample(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                   args.seed, args.device)
+    print()
+
+
+def cmd_eval(args) -> None:
+    from scratchllm.evaluate import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
+                            max_batches=args.max_batches, device=args.device)
+    print(f"val loss {r['loss']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
+          f"{r['bits_per_char']:.4f} bits/char | {r['bits_per_byte']:.4f} bits/byte "
+          f"({r['tokens']:,} tokens of {r['data']})")
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        COMMANDS[args.command](args)
+        return 0
+    except ScratchLLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpora (text from a name or a path) and batches of token windows."""

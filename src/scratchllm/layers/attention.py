@@ -1,0 +1,102 @@
+"""Multi-head attention, one module for every model.
+
+Heads and kv-heads give MHA (n_kv_heads == n_heads), GQA (a divisor) or MQA (1); the mask
+is causal or none. q, k and v come from one fused projection: at the small widths we train
+on a CPU, one matrix product beats three.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+
+
+def use_fused_kernel(q: torch.Tensor) -> bool:
+    """Pick torch's fused `scaled_dot_product_attention` or the plain matmul-softmax path.
+
+    Measured, not guessed (benchmarks/attention.py): on CPU at our shapes (head_dim 32-64,
+    sequences of 64-256), the fused kernel's backward pass takes about half of a bf16 training
+    step, and the explicit path's two matmuls plus softmax run several times faster, forward and
+    backward. On CUDA the fused (flash / memory-efficient) kernels win and never materialise the
+    (T, T) score matrix, so we use them there.
+    """
+    return q.device.type == "cuda"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over heads.
+
+    q: (B, H, T, D); k, v: (B, H_kv, S, D) with H a multiple of H_kv and S >= T.
+    With `causal`, query t (the last T of S positions) sees keys 0 .. S - T + t.
+    Returns (B, H, T, D).
+    """
+    n_rep = q.size(1) // k.size(1)
+    if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    T, S = q.size(-2), k.size(-2)
+    if use_fused_kernel(q):
+        if causal and T != S:
+            mask = causal_mask(T, S, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, T, S)
+    if causal:
+        scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # softmax in fp32 under autocast
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v
+
+
+_MASKS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """(T, S) boolean, True where query t may attend key s: s <= t + (S - T). Cached per shape."""
+    key = (T, S, str(device))
+    if key not in _MASKS:
+        _MASKS[key] = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+    return _MASKS[key]
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = False,
+        dropout: float = 0.0,
+        causal: bool = True,
+    ):
+        super().__init__()
+        n_kv_heads = n_kv_heads or n_heads
+        if head_dim is None:
+            if dim % n_heads:
+                raise ScratchLLMError(f"width {dim} is not divisible by {n_heads} heads; choose a width that is a multiple of the head count")
+            head_dim = dim // n_heads
+        if n_heads % n_kv_heads:
+            raise ScratchLLMError(f"{n_kv_heads} kv heads do not divide {n_heads} query heads; use a divisor of n_heads")
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.causal, self.dropout = causal, dropout
+        self.qkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)  # (B, T, H*D), (B, T, KV*D) x2
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
+        v = v.view(B, T, KV, D).transpose(1, 2)
+        y = attend(q, k, v, causal=self.causal, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
+        return self.resid_dropout(self.proj(y))

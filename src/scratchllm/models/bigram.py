@@ -1,0 +1,37 @@
+"""The bigram baseline: the next token depends only on the current one, through a (V, V) table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+
+
+@dataclass
+class BigramConfig:
+    vocab_size: int = 0  # set from the tokenizer
+    block_size: int = 8  # length of the training sequences; the model itself looks back one token
+
+    def __post_init__(self):
+        if self.block_size < 1:
+            raise ScratchLLMError(f"block_size must be at least 1, got {self.block_size}")
+
+
+class Bigram(nn.Module):
+    def __init__(self, config: BigramConfig):
+        super().__init__()
+        self.config = config
+        # Row i holds the logits of the token after token i. Zeros start at the uniform distribution.
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits = self.table(idx)  # (B, T) -> (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss

@@ -1,0 +1,6 @@
+"""Tokenizers: text <-> integer ids. Each is saved beside the model in a checkpoint."""
+
+from scratchllm.tokenizers.char import CharTokenizer
+from scratchllm.tokenizers.io import load_tokenizer
+
+__all__ = ["CharTokenizer", "load_tokenizer"]

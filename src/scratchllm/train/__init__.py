@@ -1,0 +1,1 @@
+"""One trainer for every model of the project: loop, evaluation, precision, DDP, checkpoints, logging."""

@@ -1,0 +1,45 @@
+"""The trainer's settings. Every field can be overridden with `--set key=value`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from scratchllm.errors import ScratchLLMError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 12  # sequences per micro-step, per process
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 2000  # optimizer steps
+    max_time: Optional[float] = None  # wall-clock budget in seconds; stops early when spent
+    lr: float = 1e-3  # peak learning rate, after warmup
+    min_lr: float = 1e-4  # floor of the cosine decay
+    warmup_steps: int = 100
+    decay_steps: Optional[int] = None  # cosine reaches min_lr here; defaults to max_steps
+    weight_decay: float = 0.1  # on weights of 2 or more dimensions only
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    eval_interval: int = 250
+    eval_batches: int = 20
+    log_interval: int = 10
+    seed: int = 1337
+    precision: str = "auto"
+    compile: bool = False
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ScratchLLMError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        for name in ("batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ScratchLLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 0 or self.warmup_steps < 0:
+            raise ScratchLLMError("max_steps and warmup_steps must not be negative")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ScratchLLMError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ScratchLLMError(f"max_time must be positive seconds, got {self.max_time}")

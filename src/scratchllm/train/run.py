@@ -1,0 +1,74 @@
+"""From a preset name (or a checkpoint to resume) to a finished run: the library call behind `scratchllm train`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchllm.config import apply_overrides, from_dict, to_dict
+from scratchllm.data.batches import TokenBatches, split_train_val
+from scratchllm.data.tokens import encode_corpus
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models import build_model, config_class
+from scratchllm.models.presets import DEFAULT_PRESET, get_preset
+from scratchllm.tokenizers import load_tokenizer
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.config import TrainConfig
+from scratchllm.train.distributed import init_distributed, shutdown
+from scratchllm.train.trainer import Trainer, replace_train
+
+
+def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path | None = None,
+          overrides: list[str] | None = None, max_steps: int | None = None, max_time: float | None = None,
+          precision: str | None = None, compile: bool | None = None, resume: str | Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train a preset on a corpus (default: the complete works of Shakespeare), or resume a run.
+
+    Returns a summary: final step, train/val loss, best val loss, seconds, precision and the run folder.
+    """
+    overrides = list(overrides or [])
+    if resume is not None:
+        folder = ckpt.resolve_checkpoint(resume)
+        meta = ckpt.read_meta(folder)
+        model_type, preset_name = meta["model_type"], meta.get("preset", "?")
+        configs = {"model": from_dict(config_class(model_type), meta["model"]), "train": from_dict(TrainConfig, meta["train"])}
+        data = data or meta["data"]
+        tokenizer = load_tokenizer(folder)
+        out_dir = Path(out) if out else folder.parent
+    else:
+        p = get_preset(preset)
+        model_type, preset_name = p.model_type, p.name
+        configs = {"model": p.model, "train": p.train}
+        data = data or "shakespeare"
+        tokenizer = None
+        out_dir = Path(out) if out else Path("runs") / f"{p.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (out_dir / "latest").exists() or (out_dir / "best").exists():
+            raise ScratchLLMError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+    configs = apply_overrides(configs, overrides)
+    configs["train"] = replace_train(configs["train"], max_steps=max_steps, max_time=max_time,
+                                     precision=precision, compile=compile)
+    model_cfg, train_cfg = configs["model"], configs["train"]
+
+    tokenizer, tokens = encode_corpus(data, tokenizer)
+    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    train_tokens, val_tokens = split_train_val(tokens)
+    batches = TokenBatches(train_tokens, val_tokens, model_cfg.block_size, seed=train_cfg.seed)
+
+    dist_info = init_distributed(train_cfg.device)
+    try:
+        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank and in every run
+        model = build_model(model_type, model_cfg)
+        meta = {"model_type": model_type, "model": to_dict(model_cfg), "preset": preset_name, "data": data,
+                "tokenizer": tokenizer.kind}
+        trainer = Trainer(model, train_cfg, tokenizer, batches, out_dir, meta=meta,
+                          dist_info=dist_info, resume_from=folder if resume is not None else None, progress=progress)
+        summary = trainer.fit()
+    finally:
+        shutdown(dist_info)
+    summary["is_main"] = dist_info.is_main
+    summary["n_params"] = sum(p.numel() for p in trainer.model.parameters())
+    return summary

@@ -1,0 +1,188 @@
+"""The training loop, shared by every model that returns `(logits, loss)` from `model(x, targets)`.
+
+    for each step: lr from the schedule -> grad_accum micro-batches (forward under autocast, backward)
+                   -> all-reduce (DDP, on the last micro-batch only) -> clip -> AdamW step
+    every eval_interval steps: train/val loss on fixed batches -> metrics.jsonl, loss.png,
+                               latest/ (with trainer state) and best/ checkpoints
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from scratchllm.config import to_dict
+from scratchllm.data.batches import TokenBatches
+from scratchllm.errors import ScratchLLMError
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.config import TrainConfig
+from scratchllm.train.distributed import DistInfo, average
+from scratchllm.train.metrics import MetricsLog
+from scratchllm.train.optim import build_optimizer, lr_at
+from scratchllm.train.precision import autocast, resolve_device, resolve_precision
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, tokenizer, batches: TokenBatches,
+                 out_dir: Path, meta: dict[str, Any], dist_info: DistInfo | None = None,
+                 resume_from: Path | None = None, progress: bool = True):
+        """`meta` goes into every checkpoint's config.json: model_type, model (its config), preset, data."""
+        self.cfg, self.tokenizer, self.batches = cfg, tokenizer, batches
+        self.out_dir, self.dist = Path(out_dir), dist_info or DistInfo()
+        self.device = resolve_device(cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.progress = progress and self.dist.is_main
+        self.meta = {**meta, "train": to_dict(cfg)}
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.step, self.best_val = 0, math.inf
+        self.resumed = resume_from is not None
+        if resume_from is not None:
+            self._restore(resume_from)
+
+        self.step_model: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.step_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.step_model = torch.compile(self.step_model)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", truncate_after_step=self.step if self.resumed else None) \
+            if self.dist.is_main else None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        info, tensors = ckpt.optimizer_state_to_flat(self.optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.batches"] = self.batches.state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {"step": self.step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                 "world_size": self.dist.world_size, "optimizer": info}
+        return state, tensors
+
+    def _restore(self, folder: Path) -> None:
+        from safetensors.torch import load_model
+
+        state, tensors = ckpt.load_trainer_state(folder)
+        load_model(self.model, str(folder / ckpt.WEIGHTS), strict=True, device=str(self.device))
+        self.optimizer.load_state_dict(ckpt.optimizer_state_from_flat(state["optimizer"], tensors))
+        torch.set_rng_state(tensors["rng.torch"])
+        self.batches.set_state(tensors["rng.batches"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.step = state["step"]
+        self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
+
+    def _save(self, val_loss: float) -> None:
+        meta = {**self.meta, "step": self.step, "val_loss": val_loss}
+        state, tensors = self._state()
+        ckpt.save_checkpoint(self.out_dir / "latest", self.model, meta, self.tokenizer, state, tensors)
+        if val_loss < self.best_val:
+            self.best_val = val_loss
+            ckpt.save_checkpoint(self.out_dir / "best", self.model, meta, self.tokenizer)
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            losses = []
+            for x, y in self.batches.eval_batches(split, self.cfg.batch_size, self.cfg.eval_batches):
+                with autocast(self.precision, self.device):
+                    _, loss = self.model(x.to(self.device), y.to(self.device))
+                losses.append(loss.item())
+            out[split] = sum(losses) / len(losses)
+        self.model.train()
+        return out
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = self.batches.draw_step(cfg.batch_size, cfg.grad_accum, self.dist.world_size, self.dist.rank)
+        total = 0.0
+        for k, (x, y) in enumerate(micro):
+            last = k == len(micro) - 1
+            # Under DDP, skip the gradient all-reduce on all but the last micro-batch.
+            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.step_model.no_sync()
+            with sync:
+                with autocast(self.precision, self.device):
+                    _, loss = self.step_model(x.to(self.device), y.to(self.device))
+                (loss / len(micro)).backward()
+            total += loss.item() / len(micro)
+        total = average(total, self.dist, self.device)
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            where = f"; the last good checkpoint is {self.out_dir / 'latest'}" if (self.out_dir / "latest").exists() else ""
+            raise ScratchLLMError(f"loss is {total} at step {self.step + 1}{where}; lower the learning rate (--set lr=...) or use --precision fp32")
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.batches.block_size
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not self.progress,
+                   dynamic_ncols=True, mininterval=0.5, desc="train")
+        start = time.time()
+        window_start, window_steps = time.time(), 0
+        last_eval: dict[str, float] = {}
+        train_seconds, steps_done = 0.0, 0  # time in training steps only, for a clean tokens/s
+        skip_eval = self.resumed  # the checkpoint we resumed from was evaluated and saved already
+        self.model.train()
+        while True:
+            time_up = cfg.max_time is not None and time.time() - start >= cfg.max_time
+            done = self.step >= cfg.max_steps or time_up
+            if (self.step % cfg.eval_interval == 0 or done) and not skip_eval:
+                last_eval = self.evaluate()
+                if self.dist.is_main:
+                    self.metrics.log(kind="eval", step=self.step, train_loss=last_eval["train"], val_loss=last_eval["val"],
+                                     elapsed=round(time.time() - start, 3))
+                    bar.write(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
+                    self._save(last_eval["val"])
+                    self.metrics.plot(self.out_dir / "loss.png", title=self.meta.get("preset", ""))
+                window_start, window_steps = time.time(), 0  # do not count evaluation time in tokens/s
+            skip_eval = False
+            if done:
+                break
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            train_seconds += time.perf_counter() - t0
+            steps_done += 1
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.log_interval == 0 or self.step == 1:
+                rate = tokens_per_step * window_steps / max(1e-9, time.time() - window_start)
+                if self.dist.is_main:
+                    self.metrics.log(kind="train", step=self.step, loss=loss, lr=lr_at(self.step - 1, cfg),
+                                     tokens_per_s=round(rate, 1), elapsed=round(time.time() - start, 3))
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+                window_start, window_steps = time.time(), 0
+        bar.close()
+        return {"step": self.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
+                "best_val": self.best_val, "seconds": time.time() - start, "precision": self.precision,
+                "tokens_per_s": tokens_per_step * steps_done / train_seconds if steps_done else None,
+                "out": str(self.out_dir)}
+
+
+def replace_train(cfg: TrainConfig, **changes) -> TrainConfig:
+    """A copy of `cfg` with the non-None `changes` applied (CLI flags that default to the preset)."""
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})

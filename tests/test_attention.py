@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.layers import Attention, attend
+from scratchllm.layers import attention as attention_module
+
+
+def reference(q, k, v, causal):
+    """Straight from the paper, in float64, one head at a time."""
+    q, k, v = q.double(), k.double(), v.double()
+    n_rep = q.size(1) // k.size(1)
+    k, v = k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1)
+    T, S = q.size(-2), k.size(-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if causal:
+        allowed = torch.tensor([[s <= t + S - T for s in range(S)] for t in range(T)])
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, -1) @ v
+
+
+@pytest.mark.parametrize("H, KV, T, S, causal", [(4, 4, 16, 16, True), (4, 2, 16, 16, True), (4, 1, 5, 12, True),
+                                                 (2, 2, 9, 9, False)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_attend_matches_reference(monkeypatch, H, KV, T, S, causal, fused):
+    monkeypatch.setattr(attention_module, "use_fused_kernel", lambda q: fused)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, H, T, 8, generator=g)
+    k, v = torch.randn(2, KV, S, 8, generator=g), torch.randn(2, KV, S, 8, generator=g)
+    torch.testing.assert_close(attend(q, k, v, causal).double(), reference(q, k, v, causal), atol=1e-5, rtol=1e-5)
+
+
+def test_both_paths_give_the_same_gradients(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    base = [torch.randn(3, 4, 12, 16, generator=g) for _ in range(3)]
+    grads = []
+    for fused in (False, True):
+        monkeypatch.setattr(attention_module, "use_fused_kernel", lambda q, f=fused: f)
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        attend(q, k, v, causal=True).square().sum().backward()
+        grads.append([q.grad, k.grad, v.grad])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_module_is_causal():
+    torch.manual_seed(0)
+    attn = Attention(32, 4).eval()
+    x = torch.randn(1, 10, 32)
+    y = attn(x)
+    x2 = x.clone()
+    x2[:, 7:] = torch.randn(1, 3, 32)  # change the future
+    torch.testing.assert_close(attn(x2)[:, :7], y[:, :7])
+    assert not torch.allclose(attn(x2)[:, 7:], y[:, 7:])
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Attention(32, n_heads=4, n_kv_heads=2)
+    mha = Attention(32, n_heads=4)
+    D = 8
+    wq, wk, wv = gqa.qkv.weight.split([4 * D, 2 * D, 2 * D])
+    rep = lambda w: w.view(2, D, 32).repeat_interleave(2, dim=0).reshape(4 * D, 32)
+    with torch.no_grad():
+        mha.qkv.weight.copy_(torch.cat([wq, rep(wk), rep(wv)]))
+        mha.proj.weight.copy_(gqa.proj.weight)
+    x = torch.randn(2, 6, 32)
+    torch.testing.assert_close(gqa(x), mha(x))
+
+
+def test_bad_head_counts():
+    with pytest.raises(ScratchLLMError, match="not divisible by 3 heads"):
+        Attention(32, 3)
+    with pytest.raises(ScratchLLMError, match="3 kv heads do not divide 4"):
+        Attention(32, 4, n_kv_heads=3)
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(0)
+    attn = Attention(16, 2, dropout=0.5)
+    x = torch.randn(1, 4, 16)
+    attn.eval()
+    torch.testing.assert_close(attn(x), attn(x))
+    attn.train()
+    assert not torch.allclose(attn(x), attn(x))

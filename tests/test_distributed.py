@@ -1,0 +1,36 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+ARGS = ["--max-steps", "6", "--precision", "fp32", "--no-progress", "--sample-tokens", "0",
+        "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=16",
+        "--set", "eval_interval=3", "--set", "eval_batches=2", "--set", "log_interval=1"]
+
+
+def losses(out):
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["kind"] == "train"], [r["val_loss"] for r in records if r["kind"] == "eval"]
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(small_corpus, tmp_path):
+    one = run_cli("train", "--data", str(small_corpus), "--out", str(tmp_path / "one"), *ARGS,
+                  "--set", "batch_size=4", "--set", "grad_accum=2")
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "scratchllm", "train", "--data", str(small_corpus), "--out", str(tmp_path / "two"), *ARGS,
+                          "--set", "batch_size=4", "--set", "grad_accum=1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    train_one, val_one = losses(tmp_path / "one")
+    train_two, val_two = losses(tmp_path / "two")
+    assert len(train_one) == len(train_two) == 6
+    assert train_two == pytest.approx(train_one, rel=1e-5)
+    assert val_two == pytest.approx(val_one, rel=1e-5)
+    assert (tmp_path / "two" / "latest" / "model.safetensors").is_file()
+    assert two.stdout.count("trained ") == 1  # only rank 0 reports

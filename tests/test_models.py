@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models import GPT, Bigram, BigramConfig, GPTConfig
+
+
+def test_gpt_shapes_and_tied_embeddings():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65))
+    idx = torch.randint(65, (3, 20))
+    logits = model(idx)
+    assert logits.shape == (3, 20, 65)
+    logits2, loss = model(idx, torch.randint(65, (3, 20)))
+    torch.testing.assert_close(logits, logits2)
+    assert model.lm_head.weight is model.wte.weight
+    # nanoGPT's baby GPT: 0.80M parameters counted once (the tied table once, positions included)
+    assert sum(p.numel() for p in model.parameters()) == 804_096
+    assert math.isclose(loss.item(), math.log(65), rel_tol=0.05)  # near-uniform predictions at init
+
+
+def test_gpt2_init():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=500, n_layer=8, n_embd=256, n_head=4)
+    model = GPT(cfg)
+    assert abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 0.002
+    assert abs(model.blocks[0].mlp.proj.weight.std().item() - 0.02 / math.sqrt(16)) < 0.001
+    assert abs(model.blocks[3].attn.proj.weight.std().item() - 0.02 / math.sqrt(16)) < 0.001
+
+
+def test_gpt_is_causal():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, n_layer=2, n_embd=32)).eval()
+    idx = torch.randint(30, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 30
+    torch.testing.assert_close(model(idx)[:, :10], model(changed)[:, :10])
+
+
+def test_context_longer_than_block_is_refused():
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_embd=16, n_head=2))
+    with pytest.raises(ScratchLLMError, match="longer than the context of 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_bigram_starts_uniform_and_looks_back_one_token():
+    model = Bigram(BigramConfig(vocab_size=7))
+    idx = torch.tensor([[1, 2, 3]])
+    logits, loss = model(idx, idx)
+    assert logits.shape == (1, 3, 7)
+    assert math.isclose(loss.item(), math.log(7), rel_tol=1e-6)
+    with torch.no_grad():
+        model.table.weight[2, 5] = 10.0
+    assert model(torch.tensor([[4, 2]]))[0, 1].argmax() == 5

@@ -1,0 +1,203 @@
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from scratchllm import load_pretrained
+from scratchllm.data.batches import TokenBatches, split_train_val
+from scratchllm.data.tokens import encode_corpus
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models import build_model
+from scratchllm.models.presets import get_preset
+from scratchllm.train import checkpoint as ckpt
+from scratchllm.train.config import TrainConfig
+from scratchllm.train.optim import build_optimizer, lr_at
+from scratchllm.train.run import train
+from scratchllm.train.trainer import Trainer
+
+TINY = ["n_layer=2", "n_embd=32", "n_head=2", "block_size=32", "batch_size=8", "eval_batches=2"]
+
+
+def make_trainer(corpus, out, **train_changes):
+    p = get_preset("gpt-char-baby")
+    tok, tokens = encode_corpus(str(corpus))
+    mcfg = dataclasses.replace(p.model, vocab_size=tok.vocab_size, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    tcfg = dataclasses.replace(p.train, **{"batch_size": 4, "eval_batches": 2, "warmup_steps": 2, **train_changes})
+    train_tokens, val_tokens = split_train_val(tokens)
+    torch.manual_seed(tcfg.seed)
+    model = build_model("gpt", mcfg)
+    meta = {"model_type": "gpt", "model": dataclasses.asdict(mcfg), "data": str(corpus), "preset": "test"}
+    return Trainer(model, tcfg, tok, TokenBatches(train_tokens, val_tokens, 16, tcfg.seed), out, meta, progress=False)
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(1 / 11)
+    assert lr_at(9, cfg) == pytest.approx(10 / 11)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert lr_at(500, cfg) == pytest.approx(0.1)
+
+
+def test_weight_decay_only_on_matrices():
+    model = build_model("gpt", {"vocab_size": 10, "n_layer": 1, "n_embd": 16, "n_head": 2, "bias": True})
+    decay, no_decay = build_optimizer(model, TrainConfig()).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_training_learns_and_writes_a_complete_run(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    summary = train("gpt-char-baby", data=str(small_corpus), out=out, overrides=TINY + ["eval_interval=40"],
+                    max_steps=120, precision="fp32", progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 40, 80, 120]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8  # from ~ln(vocab) well down
+    assert all(r["tokens_per_s"] > 0 for r in records if r["kind"] == "train")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.json", "trainer_state.safetensors"):
+        assert (out / "latest" / name).is_file()
+    assert (out / "best" / "model.safetensors").is_file()
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    meta = json.loads((out / "latest" / "config.json").read_text())
+    assert meta["step"] == 120 and meta["model"]["n_layer"] == 2 and meta["train"]["max_steps"] == 120
+    model = load_pretrained(out / "latest")
+    x = torch.tensor([model.tokenizer.encode("ROMEO:")])
+    assert model(x).shape == (1, 6, model.tokenizer.vocab_size)
+    assert summary["step"] == 120 and summary["best_val"] == pytest.approx(min(r["val_loss"] for r in evals))
+
+
+def test_max_time_stops_early_and_saves(small_corpus, tmp_path):
+    summary = train("gpt-char-baby", data=str(small_corpus), out=tmp_path / "run", overrides=TINY,
+                    max_steps=100_000, max_time=2.0, progress=False)
+    assert 0 < summary["step"] < 100_000
+    assert json.loads((tmp_path / "run" / "latest" / "config.json").read_text())["step"] == summary["step"]
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(small_corpus, tmp_path):
+    big = make_trainer(small_corpus, tmp_path / "a", precision="fp32", batch_size=8, grad_accum=1)
+    acc = make_trainer(small_corpus, tmp_path / "b", precision="fp32", batch_size=4, grad_accum=2)
+    for _ in range(5):
+        assert big.train_step() == pytest.approx(acc.train_step(), rel=1e-5)
+    for p, q in zip(big.model.parameters(), acc.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_corpus, tmp_path):
+    trainer = make_trainer(small_corpus, tmp_path / "run", max_steps=50, eval_interval=5)
+    real_forward = trainer.model.forward
+
+    def forward(x, y=None):
+        logits, loss = real_forward(x, y)
+        return logits, loss * float("nan") if trainer.step >= 7 else loss
+
+    trainer.model.forward = forward
+    with pytest.raises(ScratchLLMError, match=r"loss is nan at step 8; the last good checkpoint is .*latest"):
+        trainer.fit()
+    folder = tmp_path / "run" / "latest"
+    assert json.loads((folder / "config.json").read_text())["step"] == 5
+    model, _, _ = ckpt.load_checkpoint(folder)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_atomic_swap_survives_a_crash_between_renames(tmp_path):
+    final = tmp_path / "latest"
+    ckpt.write_folder_atomically(final, lambda d: (d / "config.json").write_text('{"v": 1}'))
+    ckpt.write_folder_atomically(final, lambda d: (d / "config.json").write_text('{"v": 2}'))
+    assert json.loads((final / "config.json").read_text()) == {"v": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]  # no temporaries left behind
+    # a crash after `latest -> .latest.old` but before `tmp -> latest`: the old one is still found
+    os.rename(final, tmp_path / ".latest.old")
+    assert ckpt.resolve_checkpoint(tmp_path) == tmp_path / ".latest.old"
+    # a write that fails midway leaves the existing checkpoint untouched
+    os.rename(tmp_path / ".latest.old", final)
+
+    def broken(d):
+        (d / "config.json").write_text('{"v": 3}')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        ckpt.write_folder_atomically(final, broken)
+    assert json.loads((final / "config.json").read_text()) == {"v": 2}
+
+
+def _train_losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def test_resume_after_sigkill_gives_the_same_losses(small_corpus, tmp_path):
+    args = ["train", "--data", str(small_corpus), "--max-steps", "60", "--no-progress", "--sample-tokens", "0",
+            *sum((["--set", s] for s in TINY + ["eval_interval=20", "log_interval=1", "dropout=0.1"]), [])]
+    whole = run_cli(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "scratchllm", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once a checkpoint past the start exists, mid-way through the run
+        cfg = out / "latest" / "config.json"
+        if cfg.is_file() and json.loads(cfg.read_text())["step"] >= 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((ckpt.resolve_checkpoint(out) / "config.json").read_text())["step"]
+    assert killed_at < 60, "the run finished before it was killed; the test proved nothing"
+
+    resumed = run_cli("train", "--resume", str(out), "--no-progress", "--sample-tokens", "0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _train_losses(out) == _train_losses(tmp_path / "whole")  # every step, bit for bit
+    assert len(_train_losses(out)) == 60
+
+
+def test_resume_of_a_weights_only_checkpoint_is_refused(small_corpus, tmp_path):
+    train("gpt-char-baby", data=str(small_corpus), out=tmp_path / "run", overrides=TINY, max_steps=2, progress=False)
+    with pytest.raises(ScratchLLMError, match="no trainer state"):
+        train(resume=tmp_path / "run" / "best", progress=False)
+
+
+def test_existing_run_folder_is_not_overwritten(small_corpus, tmp_path):
+    train("gpt-char-baby", data=str(small_corpus), out=tmp_path / "run", overrides=TINY, max_steps=2, progress=False)
+    before = (tmp_path / "run" / "latest" / "model.safetensors").read_bytes()
+    with pytest.raises(ScratchLLMError, match="already holds a run; continue it with --resume"):
+        train("gpt-char-baby", data=str(small_corpus), out=tmp_path / "run", overrides=TINY, max_steps=2, progress=False)
+    assert (tmp_path / "run" / "latest" / "model.safetensors").read_bytes() == before
+
+
+def test_bigram_learns_the_bigram_statistics(tiny_shakespeare, tmp_path):
+    """bigram-char reaches val loss <= 2.50 (the count-based bigram model scores 2.48)."""
+    summary = train("bigram-char", data=str(tiny_shakespeare), out=tmp_path / "run", progress=False)
+    assert summary["val_loss"] <= 2.50
+
+
+def _count_bigram_val_loss(tokens, vocab):
+    train_tokens, val_tokens = split_train_val(tokens.long())
+    counts = torch.ones(vocab, vocab)  # add-one smoothing
+    counts.index_put_((train_tokens[:-1], train_tokens[1:]), torch.ones(len(train_tokens) - 1), accumulate=True)
+    logp = (counts / counts.sum(1, keepdim=True)).log()
+    return -logp[val_tokens[:-1], val_tokens[1:]].mean().item()
+
+
+def test_count_based_bigram_reference(tiny_shakespeare):
+    tok, tokens = encode_corpus(str(tiny_shakespeare))
+    assert math.isclose(_count_bigram_val_loss(tokens, tok.vocab_size), 2.48, abs_tol=0.01)
+
+
+@pytest.mark.slow
+def test_baby_gpt_reaches_nanogpt_loss(tiny_shakespeare, tmp_path):
+    summary = train("gpt-char-baby", data=str(tiny_shakespeare), out=tmp_path / "run", progress=False)
+    assert summary["val_loss"] <= 1.89

@@ -26,7 +26,7 @@ def reference(q, k, v, causal):
                                                  (2, 2, 9, 9, False)])
 @pytest.mark.parametrize("fused", [False, True])
 def test_attend_matches_reference(monkeypatch, H, KV, T, S, causal, fused):
-    monkeypatch.setattr(attention_module, "use_fused_kernel", lambda q: fused)
+    monkeypatch.setattr(attention_module, "use_fused_kernel", lambda q, k: fused)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, H, T, 8, generator=g)
     k, v = torch.randn(2, KV, S, 8, generator=g), torch.randn(2, KV, S, 8, generator=g)
@@ -38,7 +38,7 @@ def test_both_paths_give_the_same_gradients(monkeypatch):
     base = [torch.randn(3, 4, 12, 16, generator=g) for _ in range(3)]
     grads = []
     for fused in (False, True):
-        monkeypatch.setattr(attention_module, "use_fused_kernel", lambda q, f=fused: f)
+        monkeypatch.setattr(attention_module, "use_fused_kernel", lambda q, k, f=fused: f)
         q, k, v = (t.clone().requires_grad_() for t in base)
         attend(q, k, v, causal=True).square().sum().backward()
         grads.append([q.grad, k.grad, v.grad])
@@ -86,3 +86,11 @@ def test_dropout_only_in_training():
     torch.testing.assert_close(attn(x), attn(x))
     attn.train()
     assert not torch.allclose(attn(x), attn(x))
+
+
+def test_path_choice_follows_the_measurements():
+    small_bf16 = torch.zeros(12, 4, 64, 32, dtype=torch.bfloat16)
+    assert not attention_module.use_fused_kernel(small_bf16, small_bf16)  # baby GPT in bf16: plain
+    assert attention_module.use_fused_kernel(small_bf16.float(), small_bf16.float())  # fp32: fused
+    big_bf16 = torch.zeros(64, 6, 256, 64, dtype=torch.bfloat16)
+    assert attention_module.use_fused_kernel(big_bf16, big_bf16)  # 25M scores: fused

@@ -16,16 +16,25 @@ from torch import nn
 from scratchllm.errors import ScratchLLMError
 
 
-def use_fused_kernel(q: torch.Tensor) -> bool:
+# Above this many attention scores (batch x heads x T x S) the plain path's (T, S) matrices stop
+# fitting in cache and torch's fused kernel wins again, even in bf16.
+PLAIN_PATH_MAX_SCORES = 8 * 2**20
+
+
+def use_fused_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Pick torch's fused `scaled_dot_product_attention` or the plain matmul-softmax path.
 
-    Measured, not guessed (benchmarks/attention.py): on CPU at our shapes (head_dim 32-64,
-    sequences of 64-256), the fused kernel's backward pass takes about half of a bf16 training
-    step, and the explicit path's two matmuls plus softmax run several times faster, forward and
-    backward. On CUDA the fused (flash / memory-efficient) kernels win and never materialise the
-    (T, T) score matrix, so we use them there.
+    Measured, not guessed (benchmarks/attention.py, forward + backward, 2 CPU cores):
+    - CUDA: the fused (flash / memory-efficient) kernels win and never build the (T, S) matrix.
+    - CPU, fp32: fused is as fast or faster at every shape we tried (0.4x-0.95x the plain time).
+    - CPU, bf16: the fused kernel's backward is slow; the plain path is 2-3x faster at the baby
+      GPT's shapes (B 12, H 4, T 64, D 32) and still 1.2x at T 256-512, until the score matrices
+      get large (gpt-char: B 64, H 6, T 256 is 25M scores, where fused is 1.6x faster).
     """
-    return q.device.type == "cuda"
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return True
+    B, H, T, _ = q.shape
+    return B * H * T * k.size(-2) > PLAIN_PATH_MAX_SCORES
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float = 0.0) -> torch.Tensor:
@@ -40,7 +49,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
     T, S = q.size(-2), k.size(-2)
-    if use_fused_kernel(q):
+    if use_fused_kernel(q, k):
         if causal and T != S:
             mask = causal_mask(T, S, q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

@@ -1,0 +1,57 @@
+"""Attention forward + backward: torch's fused scaled_dot_product_attention against the plain
+matmul-softmax path of scratchllm.layers.attention, at the shapes of our char presets.
+
+    python benchmarks/attention.py
+
+Prints milliseconds per forward+backward of each path and the ratio (fused / plain), in fp32
+and under bf16 autocast. This is the measurement behind `use_fused_kernel`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from scratchllm.layers import attention
+
+# (batch, heads, time, head_dim): the two char presets, then a grid around them
+SHAPES = {"gpt-char-baby": (12, 4, 64, 32), "gpt-char": (64, 6, 256, 64),
+          "T128 D32": (12, 4, 128, 32), "T128 D64": (12, 4, 128, 64), "T256 D32": (12, 4, 256, 32),
+          "T64 D64": (12, 4, 64, 64), "T512 D64": (4, 4, 512, 64)}
+
+
+def time_path(fused: bool, shape, precision: str, reps: int) -> float:
+    attention.use_fused_kernel = lambda q, k: fused
+    B, H, T, D = shape
+    q, k, v = (torch.randn(B, H, T, D, requires_grad=True) for _ in range(3))
+    grad = torch.randn(B, H, T, D)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = attention.attend(q, k, v, causal=True)
+        out.backward(grad.to(out.dtype))
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
+def main():
+    original = attention.use_fused_kernel
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; causal attention, forward + backward")
+    print(f"{'shape':<15}{'precision':<11}{'fused ms':>10}{'plain ms':>10}{'fused/plain':>13}")
+    for name, shape in SHAPES.items():
+        reps = max(3, int(40 * 64 * 64 * 12 / (shape[0] * shape[2] ** 2)))
+        for precision in ("fp32", "bf16"):
+            fused = min(time_path(True, shape, precision, reps) for _ in range(3))
+            plain = min(time_path(False, shape, precision, reps) for _ in range(3))
+            print(f"{name:<15}{precision:<11}{fused:>10.2f}{plain:>10.2f}{fused / plain:>12.2f}x")
+    attention.use_fused_kernel = original
+
+
+if __name__ == "__main__":
+    main()

@@ -201,3 +201,10 @@ def test_count_based_bigram_reference(tiny_shakespeare):
 def test_baby_gpt_reaches_nanogpt_loss(tiny_shakespeare, tmp_path):
     summary = train("gpt-char-baby", data=str(tiny_shakespeare), out=tmp_path / "run", progress=False)
     assert summary["val_loss"] <= 1.89
+
+
+def test_compiled_training_matches_eager(small_corpus, tmp_path):
+    eager = make_trainer(small_corpus, tmp_path / "a", precision="fp32")
+    compiled = make_trainer(small_corpus, tmp_path / "b", precision="fp32", compile=True)
+    for _ in range(3):
+        assert compiled.train_step() == pytest.approx(eager.train_step(), rel=1e-4)

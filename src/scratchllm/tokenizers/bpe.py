@@ -1,0 +1,151 @@
+"""Byte-level BPE (Sennrich et al. 2016; GPT-2's byte-level variant), with tiktoken's semantics.
+
+A tokenizer is three things: `ranks` (token bytes -> id; lower ids merge first), a regex that cuts
+text into chunks, and special tokens (strings that map to one id each and are never merged into).
+
+    text --regex--> chunks --UTF-8--> bytes --merge the lowest-ranked adjacent pair, repeat--> ids
+"""
+
+from __future__ import annotations
+
+import regex
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizers.patterns import resolve_pattern
+
+
+def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[bytes]:
+    """Split `piece` into tokens: start from single bytes and keep merging the adjacent pair whose
+    concatenation has the lowest rank, until no adjacent pair is a token."""
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best_rank, best_i = None, -1
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best_rank, best_i = rank, i
+        if best_rank is None:
+            break
+        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts
+
+
+class BPETokenizer:
+    kind = "bpe"
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str = "gpt2", special_tokens: dict[str, int] | None = None,
+                 backend: str = "python"):
+        self.ranks = dict(ranks)
+        self.pattern = resolve_pattern(pattern)
+        self.special_tokens = dict(special_tokens or {})
+        self._regex = regex.compile(self.pattern)
+        missing = [b for b in range(256) if bytes([b]) not in self.ranks]
+        if missing:
+            raise ScratchLLMError(f"the vocabulary lacks {len(missing)} single bytes (e.g. {missing[0]}); a byte-level BPE needs all 256")
+        self._decoder: dict[int, bytes] = {i: b for b, i in self.ranks.items()}
+        if len(self._decoder) != len(self.ranks):
+            raise ScratchLLMError("two tokens share one id in the vocabulary")
+        for s, i in self.special_tokens.items():
+            if i in self._decoder:
+                raise ScratchLLMError(f"special token {s!r} has id {i}, which an ordinary token already uses")
+            self._decoder[i] = s.encode("utf-8")
+        self._special_regex = (regex.compile("|".join(regex.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True)))
+                               if self.special_tokens else None)
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self.backend = "python"
+        self._tiktoken = None
+        if backend != "python":
+            self.set_backend(backend)
+
+    # -- vocabulary -----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest id (ids need not be contiguous in loaded files)."""
+        return max(self._decoder) + 1
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._decoder[i]
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def set_backend(self, backend: str) -> "BPETokenizer":
+        """'python' (ours) or 'tiktoken' (the same ranks and pattern, encoded by tiktoken's Rust core)."""
+        if backend == "tiktoken":
+            try:
+                import tiktoken
+            except ImportError:
+                raise ScratchLLMError("backend 'tiktoken' needs the tiktoken package: pip install tiktoken") from None
+            self._tiktoken = tiktoken.Encoding(name="scratchllm", pat_str=self.pattern, mergeable_ranks=self.ranks,
+                                               special_tokens=self.special_tokens)
+        elif backend != "python":
+            raise ScratchLLMError(f"unknown backend '{backend}'; use python or tiktoken")
+        self.backend = backend
+        return self
+
+    def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
+        ids = self._cache.get(chunk)
+        if ids is None:
+            data = chunk.encode("utf-8")
+            direct = self.ranks.get(data)  # most chunks of ordinary text are whole tokens already
+            ids = (direct,) if direct is not None else tuple(self.ranks[p] for p in bpe_merge(data, self.ranks))
+            if len(self._cache) < 500_000:
+                self._cache[chunk] = ids
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of `text` with special-token strings treated as ordinary text."""
+        if self._tiktoken is not None:
+            return self._tiktoken.encode_ordinary(text)
+        out: list[int] = []
+        encode_chunk = self._encode_chunk
+        for chunk in self._regex.findall(text):
+            out.extend(encode_chunk(chunk))
+        return out
+
+    def encode(self, text: str, allowed_special: str | set[str] = frozenset(),
+               disallowed_special: str | set[str] = "all") -> list[int]:
+        """tiktoken's semantics: special tokens in `allowed_special` ("all" or a set) become their ids;
+        text spelling a disallowed special token is an error (default: all of them are disallowed)."""
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
+        if disallowed and self._special_regex is not None:
+            found = [m.group() for m in self._special_regex.finditer(text) if m.group() in disallowed]
+            if found:
+                raise ScratchLLMError(f"text contains the special token {found[0]!r}; pass allowed_special to encode it "
+                                      "as a special token, or disallowed_special=() to encode it as ordinary text")
+        if not allowed:
+            return self.encode_ordinary(text)
+        if self._tiktoken is not None:
+            return self._tiktoken.encode(text, allowed_special=allowed, disallowed_special=())
+        allowed_regex = regex.compile("|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)))
+        out: list[int] = []
+        start = 0
+        for m in allowed_regex.finditer(text):
+            out.extend(self.encode_ordinary(text[start:m.start()]))
+            out.append(self.special_tokens[m.group()])
+            start = m.end()
+        out.extend(self.encode_ordinary(text[start:]))
+        return out
+
+    def encode_batch(self, texts: list[str], **kwargs) -> list[list[int]]:
+        return [self.encode(t, **kwargs) for t in texts]
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        try:
+            return b"".join(self._decoder[i] for i in ids)
+        except KeyError as e:
+            raise ScratchLLMError(f"token id {e.args[0]} is not in the vocabulary (size {self.vocab_size})") from None
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def save(self, folder) -> None:
+        from scratchllm.tokenizers.formats import save_bpe
+
+        save_bpe(self, folder)

@@ -1,0 +1,217 @@
+"""Tokenizer files: our own (tiktoken ranks + a small JSON), OpenAI's GPT-2 files, Meta's Llama 3
+`tokenizer.model`, and Hugging Face `tokenizer.json` (ByteLevel BPE), both ways.
+
+Every reader checks what it reads and turns a bad or truncated file into a one-line error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizers.bpe import BPETokenizer
+from scratchllm.tokenizers.patterns import GPT2, LLAMA3
+
+RANKS_FILE = "tokenizer.model"  # tiktoken format: one "base64(token bytes) rank" line per token
+META_FILE = "tokenizer_meta.json"  # {"type": "bpe", "pattern": ..., "special_tokens": {...}}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- tiktoken ranks files --------------------------------------------------------------------------
+
+def read_ranks(path: str | Path) -> dict[bytes, int]:
+    path = Path(path)
+    if not path.is_file():
+        raise ScratchLLMError(f"tokenizer file {path} does not exist")
+    ranks: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except (ValueError, binascii.Error):
+                raise ScratchLLMError(f"{path} line {n} is not 'base64-token rank'; the file is corrupt or not a tiktoken ranks file") from None
+    if not ranks:
+        raise ScratchLLMError(f"{path} is empty; expected tiktoken ranks ('base64-token rank' lines)")
+    return ranks
+
+
+def write_ranks(ranks: dict[bytes, int], path: Path) -> None:
+    lines = (f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    _atomic_write_text(path, "".join(lines))
+
+
+def save_bpe(tok: BPETokenizer, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_ranks(tok.ranks, folder / RANKS_FILE)
+    meta = {"type": "bpe", "pattern": tok.pattern, "special_tokens": tok.special_tokens}
+    _atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_bpe(folder: str | Path) -> BPETokenizer:
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        pattern, specials = meta["pattern"], meta["special_tokens"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ScratchLLMError(f"{folder / META_FILE} is missing or corrupt; it should hold the pattern and special tokens") from None
+    return BPETokenizer(read_ranks(folder / RANKS_FILE), pattern, specials)
+
+
+# -- OpenAI GPT-2 and Meta Llama 3 -----------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (how its files spell token bytes).
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes take the characters from
+    U+0100 on, in byte order, so no token string holds whitespace or control characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _unicode_to_bytes(token: str, where: str) -> bytes:
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    try:
+        return bytes(decoder[c] for c in token)
+    except KeyError:
+        raise ScratchLLMError(f"{where}: token {token!r} is not in GPT-2's byte-level alphabet") from None
+
+
+def load_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> BPETokenizer:
+    """OpenAI's `encoder.json` (token -> id) and `vocab.bpe` (the merges, checked against the ids)."""
+    try:
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        merges = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError as e:
+        raise ScratchLLMError(f"GPT-2 tokenizer file {e.filename} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ScratchLLMError(f"{encoder_json} is not valid JSON; the GPT-2 encoder file is corrupt or truncated") from None
+    specials = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
+    ranks = {_unicode_to_bytes(t, str(encoder_json)): i for t, i in encoder.items() if t not in specials}
+    merge_lines = [m for m in merges[1:] if m]  # the first line is a version header
+    if len(merge_lines) != len(ranks) - 256:
+        raise ScratchLLMError(f"{vocab_bpe} has {len(merge_lines)} merges for {len(ranks)} tokens; the files do not match or one is truncated")
+    for i, line in enumerate(merge_lines):
+        parts = line.split(" ")
+        if len(parts) != 2 or ranks.get(_unicode_to_bytes(parts[0] + parts[1], str(vocab_bpe))) != 256 + i:
+            raise ScratchLLMError(f"{vocab_bpe} merge {i + 1} ({line!r}) does not match {encoder_json}")
+    return BPETokenizer(ranks, GPT2, specials)
+
+
+LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+                   + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)])
+
+
+def load_llama3(path: str | Path) -> BPETokenizer:
+    """Meta's Llama 3 `tokenizer.model`: 128,000 ranks, then 256 special tokens from id 128000."""
+    ranks = read_ranks(path)
+    if len(ranks) != 128_000:
+        raise ScratchLLMError(f"{path} has {len(ranks)} tokens, Llama 3's has 128000; is it truncated or another model's?")
+    specials = {s: 128_000 + i for i, s in enumerate(LLAMA3_SPECIALS)}
+    return BPETokenizer(ranks, LLAMA3, specials)
+
+
+# -- Hugging Face tokenizer.json -------------------------------------------------------------------
+
+def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge list that rebuilds `ranks`: each token splits into the two parts that BPE over
+    the lower-ranked tokens leaves. Ordered by rank, so merge order equals token rank."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) < 2:
+            continue
+        parts = [token[i:i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best, best_i = None, -1
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < rank and (best is None or r < best):
+                    best, best_i = r, i
+            if best is None:
+                break
+            parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        if len(parts) != 2:
+            raise ScratchLLMError(f"token {token!r} (rank {rank}) cannot be built from lower-ranked tokens")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def to_hf_json(tok: BPETokenizer) -> dict:
+    b2u = bytes_to_unicode()
+    spell = lambda b: "".join(b2u[x] for x in b)  # noqa: E731
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+            # like tiktoken: a chunk that is a whole token is that token, whatever the merges would do
+            "ignore_merges": True,
+            "vocab": {spell(b): i for b, i in sorted(tok.ranks.items(), key=lambda kv: kv[1])},
+            "merges": [[spell(a), spell(b)] for a, b in recover_merges(tok.ranks)],
+        },
+    }
+
+
+def save_hf(tok: BPETokenizer, path: str | Path) -> None:
+    _atomic_write_text(Path(path), json.dumps(to_hf_json(tok), ensure_ascii=False))
+
+
+def load_hf(path: str | Path) -> BPETokenizer:
+    """A ByteLevel-BPE `tokenizer.json` (GPT-2, Llama 3, ours); ids are kept as the file gives them."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data["model"]
+    except FileNotFoundError:
+        raise ScratchLLMError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ScratchLLMError(f"{path} is not a valid tokenizer.json (corrupt or truncated?)") from None
+    if model.get("type") != "BPE":
+        raise ScratchLLMError(f"{path} holds a {model.get('type')} model; only byte-level BPE is supported")
+    ranks = {_unicode_to_bytes(t, str(path)): i for t, i in model["vocab"].items()}
+    specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t["id"] not in ranks.values()}
+    return BPETokenizer(ranks, _hf_pattern(data.get("pre_tokenizer"), path), specials)
+
+
+def _hf_pattern(pre: dict | None, path: Path) -> str:
+    """The split regex of a Split pre-tokenizer, or GPT-2's for a ByteLevel one with use_regex."""
+    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
+    for step in steps:
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            return step["pattern"]["Regex"]
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
+            return GPT2
+    raise ScratchLLMError(f"{path}: no split pattern found in its pre_tokenizer")

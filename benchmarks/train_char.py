@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.data.batches import TokenBatches, split_train_val
-from scratchllm.data.tokens import encode_corpus
+from scratchllm.data.batches import TokenBatches
+from scratchllm.data.tokens import corpus_tokens
 from scratchllm.models import build_model
 from scratchllm.models.presets import get_preset
 from scratchllm.train.trainer import Trainer
@@ -65,9 +65,8 @@ def main():
     args = ap.parse_args()
 
     preset = get_preset("gpt-char-baby")
-    tokenizer, tokens = encode_corpus(args.data)
+    tokenizer, train, val = corpus_tokens(args.data)
     model_cfg = dataclasses.replace(preset.model, vocab_size=tokenizer.vocab_size)
-    train, val = split_train_val(tokens)
     print(f"gpt-char-baby on {args.data}: {args.steps} steps, batch {preset.train.batch_size} x block "
           f"{model_cfg.block_size}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = {}

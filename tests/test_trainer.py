@@ -185,7 +185,7 @@ def test_bigram_learns_the_bigram_statistics(tiny_shakespeare, tmp_path):
 
 
 def _count_bigram_val_loss(tokens, vocab):
-    train_tokens, val_tokens = split_train_val(tokens.long())
+    train_tokens, val_tokens = split_train_val(torch.from_numpy(tokens.astype("int64")))
     counts = torch.ones(vocab, vocab)  # add-one smoothing
     counts.index_put_((train_tokens[:-1], train_tokens[1:]), torch.ones(len(train_tokens) - 1), accumulate=True)
     logp = (counts / counts.sum(1, keepdim=True)).log()

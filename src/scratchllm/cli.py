@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model or trainer field, e.g. --set n_layer=6 --set lr=3e-4 (repeatable)")
     t.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (a run folder or checkpoint)")
+    t.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="use this tokenizer instead of the preset's (ours, a tokenizer.json, GPT-2's folder, Llama 3's tokenizer.model)")
     t.add_argument("--sample-tokens", type=_positive_int, default=300, help="tokens to sample when training ends (0: none)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,6 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     e.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("prepare", help="encode a corpus into train/val token files",
+                       description="Encode a corpus into memory-mappable train.bin / val.bin (uint16, or uint32 above 65,536 tokens).")
+    p.add_argument("--data", default="shakespeare", help="corpus name or path (default shakespeare)")
+    p.add_argument("--tokenizer", required=True, metavar="PATH|char", help="a tokenizer (folder or file), or 'char'")
+    p.add_argument("--out", required=True, help="folder to write")
+
+    tk = sub.add_parser("tokenizer", help="train a BPE tokenizer, encode or decode with one",
+                        description="Byte-level BPE tokenizers: train, encode, decode.")
+    tsub = tk.add_subparsers(dest="tokenizer_command", metavar="ACTION", parser_class=_Parser)
+    tt = tsub.add_parser("train", help="train a byte-level BPE on a corpus", description="Train a byte-level BPE.")
+    tt.add_argument("--data", default="shakespeare", help="corpus name or path; trains on its training split (first 90%%)")
+    tt.add_argument("--vocab-size", type=int, required=True, help="ids in all: 256 bytes + merges + special tokens")
+    tt.add_argument("--pattern", default="llama3", help="split pattern: gpt2, gpt4, llama3, or a regex (default llama3)")
+    tt.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
+    tt.add_argument("--out", required=True, help="folder to write (tokenizer.model + tokenizer_meta.json)")
+    tt.add_argument("--hf", action="store_true", help="also write a Hugging Face tokenizer.json")
+    for action, what in (("encode", "text (argument or stdin) to ids"), ("decode", "ids (argument or stdin) to text")):
+        ta = tsub.add_parser(action, help=what, description=f"Turn {what}.")
+        ta.add_argument("--tokenizer", required=True, metavar="PATH")
+        ta.add_argument("input", nargs="?", default=None, help="text / space-separated ids; stdin when left out")
+        if action == "encode":
+            ta.add_argument("--allow-special", action="store_true", help="encode special-token strings as special tokens")
     return parser
 
 
@@ -69,12 +94,14 @@ def cmd_train(args) -> None:
 
     summary = train(preset=args.preset, data=args.data, out=args.out, overrides=args.overrides,
                     max_steps=args.max_steps, max_time=args.max_time, precision=args.precision,
-                    compile=args.compile, resume=args.resume, progress=not args.no_progress)
+                    compile=args.compile, resume=args.resume, tokenizer_path=args.tokenizer,
+                    progress=not args.no_progress)
     if not summary["is_main"]:
         return
     out = summary["out"]
     print(f"trained {summary['n_params']:,} parameters for {summary['step']} steps in {summary['seconds']:.0f} s "
-          f"({summary['precision']}): val loss {summary['val_loss']:.4f}, best {summary['best_val']:.4f}")
+          f"({summary['precision']}): val loss {summary['val_loss']:.4f} ({summary['val_bpb']:.4f} bits/byte), "
+          f"best {summary['best_val']:.4f}")
     if args.sample_tokens:
         print("--- sample ---")
         _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu")
@@ -122,7 +149,53 @@ def cmd_eval(args) -> None:
           f"({r['tokens']:,} tokens of {r['data']})")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+def cmd_prepare(args) -> None:
+    from scratchllm.data.corpora import load_text
+    from scratchllm.data.tokens import prepare
+    from scratchllm.tokenizers import CharTokenizer
+    from scratchllm.tokenizers.io import load_tokenizer_path
+
+    tokenizer = CharTokenizer.train(load_text(args.data)) if args.tokenizer == "char" else load_tokenizer_path(args.tokenizer)
+    out = prepare(args.data, tokenizer, args.out)
+    print(f"wrote {out}/train.bin and {out}/val.bin; train with: scratchllm train --data {out}")
+
+
+def _read_input(value):
+    return value if value is not None else sys.stdin.read()
+
+
+def cmd_tokenizer(args) -> None:
+    from scratchllm.tokenizers.io import load_tokenizer_path
+
+    if args.tokenizer_command == "train":
+        from scratchllm.data.batches import split_train_val
+        from scratchllm.data.corpora import load_text
+        from scratchllm.tokenizers.bpe_train import train_bpe
+        from scratchllm.tokenizers.formats import save_hf
+
+        train_text, _ = split_train_val(load_text(args.data))
+        tok = train_bpe(train_text, args.vocab_size, args.pattern, args.special)
+        tok.save(args.out)
+        if args.hf:
+            save_hf(tok, f"{args.out}/tokenizer.json")
+        print(f"trained {tok.vocab_size} tokens ({len(tok.ranks) - 256} merges, {len(tok.special_tokens)} special) -> {args.out}")
+    elif args.tokenizer_command == "encode":
+        tok = load_tokenizer_path(args.tokenizer)
+        text = _read_input(args.input)
+        ids = tok.encode(text, allowed_special="all") if args.allow_special and tok.kind == "bpe" else tok.encode(text)
+        print(" ".join(map(str, ids)))
+    elif args.tokenizer_command == "decode":
+        tok = load_tokenizer_path(args.tokenizer)
+        try:
+            ids = [int(t) for t in _read_input(args.input).split()]
+        except ValueError:
+            raise ScratchLLMError("decode expects whitespace-separated integer ids") from None
+        sys.stdout.write(tok.decode(ids) + "\n")
+    else:
+        raise ScratchLLMError("scratchllm tokenizer: choose train, encode or decode (see scratchllm tokenizer --help)")
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer}
 
 
 def main(argv: list[str] | None = None) -> int:

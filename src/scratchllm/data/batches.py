@@ -1,13 +1,18 @@
-"""Random windows of a token stream, as (input, target) batches; the target is the input shifted by one."""
+"""Random windows of a token stream, as (input, target) batches; the target is the input shifted by one.
+
+The streams are numpy arrays, often `np.memmap`s of prepared token files: a batch reads only the
+windows it needs, so a corpus never has to fit in memory.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from scratchllm.errors import ScratchLLMError
 
 
-def split_train_val(tokens: torch.Tensor, train_fraction: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+def split_train_val(tokens, train_fraction: float = 0.9):
     """First 90% for training, the last 10% for validation, as nanoGPT does."""
     n = int(train_fraction * len(tokens))
     return tokens[:n], tokens[n:]
@@ -21,21 +26,22 @@ class TokenBatches:
     process draws the same windows, so 2 processes see exactly the rows 1 process would.
     """
 
-    def __init__(self, train: torch.Tensor, val: torch.Tensor, block_size: int, seed: int):
+    def __init__(self, train, val, block_size: int, seed: int):
         for name, part in (("training", train), ("validation", val)):
             if len(part) < block_size + 1:
                 raise ScratchLLMError(
                     f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = {block_size + 1}; "
                     "use a longer corpus or a smaller block_size (--set block_size=N)")
-        self.splits = {"train": train, "val": val}
+        self.splits = {"train": np.asarray(train) if not isinstance(train, np.ndarray) else train,
+                       "val": np.asarray(val) if not isinstance(val, np.ndarray) else val}
         self.block_size = block_size
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
     def _windows(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         data = self.splits[split]
-        offsets = torch.arange(self.block_size + 1)
-        rows = data[starts[:, None] + offsets].long()  # (N, block + 1)
+        index = starts.numpy()[:, None] + np.arange(self.block_size + 1)
+        rows = torch.from_numpy(data[index].astype(np.int64))  # (N, block + 1); reads only these windows
         return rows[:, :-1], rows[:, 1:]
 
     def draw_step(self, batch_size: int, grad_accum: int, world_size: int = 1, rank: int = 0):

@@ -1,24 +1,187 @@
-"""Text to a flat tensor of token ids, in the smallest integer type that holds the vocabulary."""
+"""From a corpus to token ids, and prepared token files (nanoGPT's `train.bin` / `val.bin`).
+
+A prepared folder holds `train.bin` and `val.bin` (raw uint16 ids, or uint32 for vocabularies of
+65,536 tokens or more), the tokenizer, and `tokens.json` describing them. Training memory-maps
+the two files; batches read only the windows they sample.
+
+BPE presets prepare automatically: the tokenizer is trained on the training split only (the
+validation text stays unseen) and both the tokenizer and the token files are cached under
+$SCRATCHLLM_CACHE/tokens, keyed by the corpus and the tokenizer settings.
+"""
 
 from __future__ import annotations
 
-import torch
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from scratchllm.data.corpora import load_text
-from scratchllm.tokenizers import CharTokenizer
+import numpy as np
+from tqdm import tqdm
+
+from scratchllm.data.batches import split_train_val
+from scratchllm.data.corpora import CORPUS_NAMES, cache_dir, load_text
+from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizers import CharTokenizer, load_tokenizer
+
+TOKENS_META = "tokens.json"
 
 
-def smallest_dtype(vocab_size: int) -> torch.dtype:
-    if vocab_size <= 256:
-        return torch.uint8
-    if vocab_size <= 32768:
-        return torch.int16
-    return torch.int32
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # char | bpe
+    vocab_size: int = 2048  # bpe only: ids in all, special tokens included
+    pattern: str = "llama3"  # bpe only: gpt2 | gpt4 | llama3 | a regex
+    special_tokens: tuple[str, ...] = ("<|endoftext|>",)  # bpe only
+
+    def __post_init__(self):
+        if self.kind not in ("char", "bpe"):
+            raise ScratchLLMError(f"tokenizer kind '{self.kind}' is not char or bpe")
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
+
+
+def is_prepared(source: str | Path) -> bool:
+    return (Path(source) / TOKENS_META).is_file()
+
+
+def _source_identity(source: str) -> dict:
+    if source in CORPUS_NAMES:
+        return {"name": source}
+    path = Path(source).resolve()
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    return {"path": str(path), "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]}
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    if tokenizer.kind == "char":
+        h.update(json.dumps(tokenizer.chars).encode())
+    else:
+        h.update(json.dumps([tokenizer.pattern, tokenizer.special_tokens], sort_keys=True).encode())
+        for token, rank in sorted(tokenizer.ranks.items(), key=lambda kv: kv[1]):
+            h.update(token + rank.to_bytes(4, "little"))
+    return h.hexdigest()[:16]
+
+
+def encode_text(tokenizer, text: str, progress: bool = True, piece_chars: int = 1 << 20) -> list[int]:
+    """Encode with a progress bar, in pieces of about a megabyte.
+
+    Pieces end just after a lone newline between a non-space and a letter ("word\nWord"): the gpt2,
+    gpt4 and llama3 split patterns cut there whether or not text follows, so the ids equal those of
+    one big encode (tested). Not after a run of whitespace: gpt2's `\s+(?!\S)` groups a trailing
+    run differently at the end of a piece than before a letter."""
+    if tokenizer.kind == "char" or len(text) <= piece_chars:
+        return tokenizer.encode(text) if tokenizer.kind == "char" else tokenizer.encode(text, disallowed_special=())
+    ids: list[int] = []
+    with tqdm(total=len(text), unit="char", unit_scale=True, desc="encode", disable=not progress, mininterval=0.5) as bar:
+        start = 0
+        while start < len(text):
+            end = min(len(text), start + piece_chars)
+            while end < len(text) and not _safe_cut(text, end):
+                end += 1
+            ids.extend(tokenizer.encode(text[start:end], disallowed_special=()))
+            bar.update(end - start)
+            start = end
+    return ids
+
+
+def _safe_cut(text: str, i: int) -> bool:
+    return text[i - 1] == "\n" and text[i].isalpha() and not text[i - 2].isspace()
+
+
+def prepare(source: str, tokenizer, out: str | Path, progress: bool = True) -> Path:
+    """Encode a corpus into `out/{train,val}.bin` with `tokenizer`; written atomically as a folder."""
+    from scratchllm.train.checkpoint import write_folder_atomically
+
+    text = load_text(source)
+    train_text, val_text = split_train_val(text)
+
+    def write(folder: Path) -> None:
+        counts = {}
+        for split, part in (("train", train_text), ("val", val_text)):
+            ids = np.asarray(encode_text(tokenizer, part, progress), dtype=dtype_for(tokenizer.vocab_size))
+            ids.tofile(folder / f"{split}.bin")
+            counts[split] = {"tokens": int(len(ids)), "bytes": len(part.encode("utf-8")), "chars": len(part)}
+        tokenizer.save(folder)
+        meta = {"format": "scratchllm-tokens", "source": source, "dtype": dtype_for(tokenizer.vocab_size).name,
+                "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.kind, "splits": counts}
+        (folder / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+    write_folder_atomically(Path(out), write)
+    return Path(out)
+
+
+def load_prepared(folder: str | Path):
+    """(tokenizer, train ids, val ids, meta) with the ids memory-mapped, not read."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / TOKENS_META).read_text())
+        dtype = np.dtype(meta["dtype"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ScratchLLMError(f"{folder / TOKENS_META} is corrupt; prepare the data again") from None
+    tokenizer = load_tokenizer(folder)
+    arrays = []
+    for split in ("train", "val"):
+        path = folder / f"{split}.bin"
+        expected = meta["splits"][split]["tokens"] * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            raise ScratchLLMError(f"{path} is missing or truncated ({expected} bytes expected); prepare the data again")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype))
+    return tokenizer, arrays[0], arrays[1], meta
+
+
+def corpus_tokens(source: str, tokenizer=None, tokenizer_config: TokenizerConfig | None = None, progress: bool = True):
+    """(tokenizer, train ids, val ids) for a corpus name, a path, or a prepared folder.
+
+    With no tokenizer given, one is made from `tokenizer_config` (char: from all the text, as
+    nanoGPT does; bpe: trained on the training split)."""
+    if is_prepared(source):
+        prepared_tok, train, val, _ = load_prepared(source)
+        if tokenizer is not None and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(prepared_tok):
+            raise ScratchLLMError(f"{source} was prepared with another tokenizer than this model's; prepare it again with this one")
+        return prepared_tok, train, val
+    cfg = tokenizer_config or TokenizerConfig()
+    kind = tokenizer.kind if tokenizer is not None else cfg.kind
+    if kind == "char":
+        text = load_text(source)
+        tokenizer = tokenizer or CharTokenizer.train(text)
+        ids = np.asarray(tokenizer.encode(text), dtype=np.uint8 if tokenizer.vocab_size <= 256 else np.uint16)
+        train, val = split_train_val(ids)
+        return tokenizer, train, val
+    if tokenizer is None:
+        tokenizer = _cached_bpe(source, cfg, progress)
+    folder = cache_dir() / "tokens" / f"{Path(str(source)).name}-{_key(_source_identity(source), tokenizer_fingerprint(tokenizer))}"
+    if not is_prepared(folder):
+        prepare(source, tokenizer, folder, progress)
+    _, train, val, _ = load_prepared(folder)
+    return tokenizer, train, val
+
+
+def _cached_bpe(source: str, cfg: TokenizerConfig, progress: bool):
+    from scratchllm.tokenizers.bpe_train import train_bpe
+
+    folder = cache_dir() / "tokenizers" / f"{Path(str(source)).name}-{_key(_source_identity(source), asdict(cfg))}"
+    if (folder / "tokenizer_meta.json").is_file():
+        return load_tokenizer(folder)
+    train_text, _ = split_train_val(load_text(source))
+    tokenizer = train_bpe(train_text, cfg.vocab_size, cfg.pattern, cfg.special_tokens, progress=progress)
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save(tmp)
+    os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
+    return tokenizer
 
 
 def encode_corpus(source: str, tokenizer=None):
-    """(tokenizer, 1-D token tensor) for a corpus name or path; trains a char tokenizer if none is given."""
-    text = load_text(source)
-    tokenizer = tokenizer or CharTokenizer.train(text)
-    ids = tokenizer.encode(text)
-    return tokenizer, torch.tensor(ids, dtype=smallest_dtype(tokenizer.vocab_size))
+    """(tokenizer, all ids of a corpus as one array): the char pipeline's whole-corpus view."""
+    tokenizer, train, val = corpus_tokens(source, tokenizer)
+    return tokenizer, np.concatenate([np.asarray(train), np.asarray(val)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from scratchllm.data.tokens import TokenizerConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.bigram import BigramConfig
 from scratchllm.models.gpt import GPTConfig
@@ -17,7 +18,7 @@ class Preset:
     model_type: str
     model: Any
     train: TrainConfig
-    tokenizer: str = "char"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     description: str = ""
 
 
@@ -50,6 +51,16 @@ _register(Preset(
     TrainConfig(batch_size=64, max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
                 betas=(0.9, 0.99), grad_clip=1.0, eval_interval=250, eval_batches=200),
     description="nanoGPT's shakespeare_char (10.7M parameters; meant for a GPU)",
+))
+
+_register(Preset(
+    "gpt-bpe-baby", "gpt",
+    # the baby GPT on BPE tokens: a context of 128 tokens is about 500 characters of Shakespeare
+    GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    TrainConfig(batch_size=16, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
+                betas=(0.9, 0.99), grad_clip=1.0, eval_interval=250, eval_batches=20),
+    TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",)),
+    description="the baby GPT on a 2048-token byte-level BPE trained on the corpus",
 ))
 
 DEFAULT_PRESET = "gpt-char-baby"

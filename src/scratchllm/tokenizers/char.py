@@ -43,6 +43,9 @@ class CharTokenizer:
     def decode(self, ids: list[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return self.decode(ids).encode("utf-8")
+
     def token_bytes(self, i: int) -> bytes:
         return self.chars[i].encode("utf-8")
 

@@ -10,12 +10,13 @@ from typing import Any
 import torch
 
 from scratchllm.config import apply_overrides, from_dict, to_dict
-from scratchllm.data.batches import TokenBatches, split_train_val
-from scratchllm.data.tokens import encode_corpus
+from scratchllm.data.batches import TokenBatches
+from scratchllm.data.tokens import TokenizerConfig, corpus_tokens
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models import build_model, config_class
 from scratchllm.models.presets import DEFAULT_PRESET, get_preset
 from scratchllm.tokenizers import load_tokenizer
+from scratchllm.tokenizers.io import load_tokenizer_path
 from scratchllm.train import checkpoint as ckpt
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import init_distributed, shutdown
@@ -25,26 +26,29 @@ from scratchllm.train.trainer import Trainer, replace_train
 def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path | None = None,
           overrides: list[str] | None = None, max_steps: int | None = None, max_time: float | None = None,
           precision: str | None = None, compile: bool | None = None, resume: str | Path | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          tokenizer_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a preset on a corpus (default: the complete works of Shakespeare), or resume a run.
 
-    Returns a summary: final step, train/val loss, best val loss, seconds, precision and the run folder.
+    `data` is a corpus name, a text file or folder, or a folder made by `scratchllm prepare`;
+    `tokenizer_path` replaces the preset's tokenizer with a saved one. Returns a summary: final step,
+    train/val loss, best val loss, seconds, precision and the run folder.
     """
     overrides = list(overrides or [])
     if resume is not None:
         folder = ckpt.resolve_checkpoint(resume)
         meta = ckpt.read_meta(folder)
         model_type, preset_name = meta["model_type"], meta.get("preset", "?")
-        configs = {"model": from_dict(config_class(model_type), meta["model"]), "train": from_dict(TrainConfig, meta["train"])}
+        configs = {"model": from_dict(config_class(model_type), meta["model"]), "train": from_dict(TrainConfig, meta["train"]),
+                   "tokenizer": TokenizerConfig()}
         data = data or meta["data"]
         tokenizer = load_tokenizer(folder)
         out_dir = Path(out) if out else folder.parent
     else:
         p = get_preset(preset)
         model_type, preset_name = p.model_type, p.name
-        configs = {"model": p.model, "train": p.train}
+        configs = {"model": p.model, "train": p.train, "tokenizer": p.tokenizer}
         data = data or "shakespeare"
-        tokenizer = None
+        tokenizer = load_tokenizer_path(tokenizer_path) if tokenizer_path else None
         out_dir = Path(out) if out else Path("runs") / f"{p.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (out_dir / "latest").exists() or (out_dir / "best").exists():
             raise ScratchLLMError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
@@ -53,9 +57,8 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
                                      precision=precision, compile=compile)
     model_cfg, train_cfg = configs["model"], configs["train"]
 
-    tokenizer, tokens = encode_corpus(data, tokenizer)
+    tokenizer, train_tokens, val_tokens = corpus_tokens(data, tokenizer, configs["tokenizer"], progress=progress)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    train_tokens, val_tokens = split_train_val(tokens)
     batches = TokenBatches(train_tokens, val_tokens, model_cfg.block_size, seed=train_cfg.seed)
 
     dist_info = init_distributed(train_cfg.device)

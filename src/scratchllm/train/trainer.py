@@ -43,6 +43,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.progress = progress and self.dist.is_main
         self.meta = {**meta, "train": to_dict(cfg)}
+        # bytes each token stands for, so evaluations also report bits per byte (comparable across tokenizers)
+        self.token_nbytes = torch.tensor([len(_token_bytes(tokenizer, i)) for i in range(tokenizer.vocab_size)],
+                                         dtype=torch.float64)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.best_val = 0, math.inf
@@ -100,12 +103,15 @@ class Trainer:
         self.model.eval()
         out = {}
         for split in ("train", "val"):
-            losses = []
+            nats, tokens, nbytes = 0.0, 0, 0.0
             for x, y in self.batches.eval_batches(split, self.cfg.batch_size, self.cfg.eval_batches):
                 with autocast(self.precision, self.device):
                     _, loss = self.model(x.to(self.device), y.to(self.device))
-                losses.append(loss.item())
-            out[split] = sum(losses) / len(losses)
+                nats += loss.item() * y.numel()
+                tokens += y.numel()
+                nbytes += self.token_nbytes[y].sum().item()
+            out[split] = nats / tokens
+            out[f"{split}_bpb"] = nats / math.log(2) / max(nbytes, 1.0)
         self.model.train()
         return out
 
@@ -155,8 +161,9 @@ class Trainer:
                 last_eval = self.evaluate()
                 if self.dist.is_main:
                     self.metrics.log(kind="eval", step=self.step, train_loss=last_eval["train"], val_loss=last_eval["val"],
-                                     elapsed=round(time.time() - start, 3))
-                    bar.write(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
+                                     val_bpb=last_eval["val_bpb"], elapsed=round(time.time() - start, 3))
+                    bar.write(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f} "
+                              f"({last_eval['val_bpb']:.4f} bits/byte)")
                     self._save(last_eval["val"])
                     self.metrics.plot(self.out_dir / "loss.png", title=self.meta.get("preset", ""))
                 window_start, window_steps = time.time(), 0  # do not count evaluation time in tokens/s
@@ -178,9 +185,17 @@ class Trainer:
                 window_start, window_steps = time.time(), 0
         bar.close()
         return {"step": self.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
+                "val_bpb": last_eval.get("val_bpb"),
                 "best_val": self.best_val, "seconds": time.time() - start, "precision": self.precision,
                 "tokens_per_s": tokens_per_step * steps_done / train_seconds if steps_done else None,
                 "out": str(self.out_dir)}
+
+
+def _token_bytes(tokenizer, i: int) -> bytes:
+    try:
+        return tokenizer.token_bytes(i)
+    except (KeyError, IndexError):  # an id no token uses (loaded vocabularies may have gaps)
+        return b""
 
 
 def replace_train(cfg: TrainConfig, **changes) -> TrainConfig:

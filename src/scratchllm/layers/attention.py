@@ -1,8 +1,11 @@
 """Multi-head attention, one module for every model.
 
-Heads and kv-heads give MHA (n_kv_heads == n_heads), GQA (a divisor) or MQA (1); the mask
-is causal or none. q, k and v come from one fused projection: at the small widths we train
-on a CPU, one matrix product beats three.
+Heads and kv-heads give MHA (n_kv_heads == n_heads), GQA (a divisor) or MQA (1); the mask is
+causal, none (bidirectional), or given (prefix-LM, padding); positions come from learned
+embeddings outside (GPT) or RoPE inside (Llama, Gemma); QK-norm (a per-head RMSNorm on q and k
+before RoPE, as in Qwen3 and Llama 4, not Llama 3) is optional; a KV cache makes decoding
+incremental. q, k and v come from one fused projection: at the small widths we train on a CPU,
+one matrix product beats three.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.layers.kv_cache import KVCache
+from scratchllm.layers.norms import RMSNorm
+from scratchllm.layers.rope import apply_rope
 
 
 # Above this many attention scores (batch x heads x T x S) the plain path's (T, S) matrices stop
@@ -37,25 +43,31 @@ def use_fused_kernel(q: torch.Tensor, k: torch.Tensor) -> bool:
     return B * H * T * k.size(-2) > PLAIN_PATH_MAX_SCORES
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over heads.
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, dropout_p: float = 0.0,
+           mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v over heads; scale defaults to 1/sqrt(d).
 
     q: (B, H, T, D); k, v: (B, H_kv, S, D) with H a multiple of H_kv and S >= T.
-    With `causal`, query t (the last T of S positions) sees keys 0 .. S - T + t.
+    With `causal`, query t (the last T of S positions) sees keys 0 .. S - T + t. An explicit boolean
+    `mask` (broadcastable to (B, H, T, S), True = may attend) replaces the causal rule.
     Returns (B, H, T, D).
     """
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.size(-1))
     n_rep = q.size(1) // k.size(1)
     if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
     T, S = q.size(-2), k.size(-2)
+    if mask is None and causal and T != S:
+        mask = causal_mask(T, S, q.device)
     if use_fused_kernel(q, k):
-        if causal and T != S:
-            mask = causal_mask(T, S, q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, H, T, S)
-    if causal:
+        if mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif causal:
         scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # softmax in fp32 under autocast
     if dropout_p > 0.0:
@@ -84,6 +96,9 @@ class Attention(nn.Module):
         bias: bool = False,
         dropout: float = 0.0,
         causal: bool = True,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        out_bias: bool | None = None,
     ):
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
@@ -96,16 +111,26 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.causal, self.dropout = causal, dropout
         self.qkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
+        self.proj = nn.Linear(n_heads * head_dim, dim, bias=bias if out_bias is None else out_bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim). rope: (cos, sin) of the T positions; cache: earlier keys/values."""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)  # (B, T, H*D), (B, T, KV*D) x2
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
         v = v.view(B, T, KV, D).transpose(1, 2)
-        y = attend(q, k, v, causal=self.causal, dropout_p=self.dropout if self.training else 0.0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, KV, S, D): every position so far
+        y = attend(q, k, v, causal=self.causal, dropout_p=self.dropout if self.training else 0.0, mask=mask)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
         return self.resid_dropout(self.proj(y))

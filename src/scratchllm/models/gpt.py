@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import MLP, Attention
+from scratchllm.layers import MLP, Attention, KVCache
 
 
 @dataclass
@@ -25,7 +25,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm (GPT-2 has them; nanoGPT's char runs do not)
-    activation: str = "gelu"
+    activation: str = "gelu"  # GPT-2's own weights use gelu_tanh
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -40,13 +41,13 @@ class GPTConfig:
 class Block(nn.Module):
     def __init__(self, c: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.ln_1 = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.attn = Attention(c.n_embd, c.n_head, bias=c.bias, dropout=c.dropout, causal=True)
-        self.ln_2 = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.mlp = MLP(c.n_embd, 4 * c.n_embd, activation=c.activation, bias=c.bias, dropout=c.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer, mask=mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -58,7 +59,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(c.block_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
-        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.ln_f = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input and output embeddings
         self.apply(self._init_weights)
@@ -74,14 +75,25 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layer, batch, c.n_head, max_len, c.n_embd // c.n_head, dtype, self.wte.weight.device)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        """idx (B, T) -> logits (B, T, vocab); with targets, (logits, loss). `positions` (B, T) default to
+        the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding)."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ScratchLLMError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i, mask)
+        if cache is not None:
+            cache.advance(T)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         if targets is None:
             return logits

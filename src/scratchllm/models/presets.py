@@ -9,6 +9,7 @@ from scratchllm.data.tokens import TokenizerConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.bigram import BigramConfig
 from scratchllm.models.gpt import GPTConfig
+from scratchllm.models.llama import LlamaConfig
 from scratchllm.train.config import TrainConfig
 
 
@@ -62,6 +63,30 @@ _register(Preset(
     TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",)),
     description="the baby GPT on a 2048-token byte-level BPE trained on the corpus",
 ))
+
+_register(Preset(
+    "llama-bpe-baby", "llama",
+    # gpt-bpe-baby's budget (4 layers, 128 wide, 128 tokens, same tokenizer) as a Llama: RMSNorm, RoPE,
+    # 2 kv heads for 4 query heads, SwiGLU of 352 (Meta's 2/3 * 4 * 128 rounded up to 32), untied head
+    LlamaConfig(block_size=128, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, multiple_of=32, rope_theta=10000.0),
+    TrainConfig(batch_size=16, max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
+                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=20),
+    TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",)),
+    description="a small Llama on the same 2048-token BPE as gpt-bpe-baby",
+))
+
+# Architectures for loading Meta's / Hugging Face weights (not for training on a CPU).
+_LLAMA3_TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=128256, pattern="llama3", special_tokens=())
+_register(Preset("llama3-8b", "llama", LlamaConfig(
+    vocab_size=128256, block_size=8192, n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, multiple_of=1024,
+    ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0), TrainConfig(), _LLAMA3_TOKENIZER,
+    description="Llama 3 8B's architecture (for loading weights)"))
+for _name, _layers, _dim, _heads in (("llama3.2-1b", 16, 2048, 32), ("llama3.2-3b", 28, 3072, 24)):
+    _register(Preset(_name, "llama", LlamaConfig(
+        vocab_size=128256, block_size=131072, n_layer=_layers, n_head=_heads, n_kv_head=8, n_embd=_dim,
+        intermediate_size=8192, norm_eps=1e-5, rope_theta=500000.0, rope_factor=32.0, rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0, rope_original_max_position=8192, tie_embeddings=True), TrainConfig(),
+        _LLAMA3_TOKENIZER, description=f"Llama 3.2 {_name[-2:].upper()}'s architecture (for loading weights)"))
 
 DEFAULT_PRESET = "gpt-char-baby"
 

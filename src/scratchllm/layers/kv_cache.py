@@ -1,0 +1,45 @@
+"""A pre-allocated key/value cache: decoding appends one position per step instead of recomputing all."""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values of every layer, (n_layers, B, n_kv_heads, max_len, head_dim), filled left to right.
+
+    All rows share one write position; rows of different prompt lengths are left-padded and the
+    padding is masked out (see `padded_causal_mask`)."""
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions written so far
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, KV, T, D) at the current position; return all keys and values so far (B, KV, S, D)."""
+        end = self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache of {self.max_len} positions is full")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Called once per forward pass, after every layer has written its n new positions."""
+        self.length += n
+
+
+def padded_causal_mask(valid: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, 1, T, S) boolean mask for the last T queries over S keys, where `valid` (B, S) marks real
+    (not padding) positions. A padding query with no key to see attends to itself, to stay finite."""
+    B, S = valid.shape
+    causal = torch.ones(T, S, dtype=torch.bool, device=valid.device).tril(diagonal=S - T)
+    mask = causal[None] & valid[:, None, :]  # (B, T, S)
+    diagonal = torch.zeros(T, S, dtype=torch.bool, device=valid.device)
+    diagonal[torch.arange(T), torch.arange(S - T, S)] = True
+    mask = mask | (diagonal[None] & ~mask.any(-1, keepdim=True))
+    return mask[:, None]

@@ -1,0 +1,28 @@
+"""RMSNorm (Zhang & Sennrich 2019): scale by the root mean square, no mean subtraction, no bias.
+
+LayerNorm is torch's own `nn.LayerNorm` (with `bias=False` where a model has none).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 whatever the input dtype (bf16 squares lose too much).
+
+    `offset=1.0` gives Gemma's variant, which stores weight - 1 (so zeros mean identity)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, offset: float = 0.0):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.ones(dim) if offset == 0.0 else torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset == 0.0:
+            return self.weight * x.to(dtype)  # as Llama: cast back, then scale
+        return (x * (self.offset + self.weight.float())).to(dtype)  # as Gemma: scale in fp32, then cast

@@ -1,0 +1,70 @@
+"""Rotary position embeddings (Su et al. 2021), in the split-halves layout Hugging Face weights use.
+
+Each pair of channels of q and k is rotated by an angle proportional to the position:
+    (x1, x2) -> (x1 cos(p w) - x2 sin(p w), x2 cos(p w) + x1 sin(p w)),  w_i = theta^(-2i/d)
+so q.k depends only on the relative position. Layouts differ in which channels pair up:
+  - Meta's reference code pairs neighbours (0,1), (2,3), ... ("interleaved", complex numbers);
+  - Hugging Face pairs channel i with i + d/2 ("split halves", `rotate_half`).
+The two are the same rotation after permuting the rows of wq and wk; `interleaved_to_halves`
+converts Meta checkpoints (HF's conversion script does the same).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class RopeScaling:
+    """Llama 3.1 / 3.2 frequency scaling: long wavelengths are slowed by `factor`, short ones kept,
+    and the band between low_freq_factor and high_freq_factor is interpolated smoothly."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScaling] = None) -> torch.Tensor:
+    """w_i = theta^(-2i/d) for i < d/2, with Llama 3.1 scaling applied when given. Shape (d/2,)."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if scaling is None:
+        return inv
+    low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / scaling.factor, inv)  # long waves: slowed down
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for position ids (B, T): each (B, T, head_dim), the d/2 angles repeated for both halves."""
+    angles = positions.float()[..., None] * inv_freq.to(positions.device)  # (B, T, d/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, T, d)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, d); cos, sin: (B, T, d). Rotates in the dtype of cos/sin (fp32), returns x's dtype."""
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): the same angles for every head
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Permute the rows of a Meta-layout wq or wk (n_heads * d, dim) to the split-halves layout:
+    within each head, rows (0, 1, 2, 3, ...) -> (0, 2, 4, ..., 1, 3, 5, ...)."""
+    d = w.size(0) // n_heads
+    return w.view(n_heads, d // 2, 2, w.size(1)).transpose(1, 2).reshape(n_heads * d, w.size(1))

@@ -1,0 +1,122 @@
+"""Llama (Touvron et al. 2023; Llama 3, Grattafiori et al. 2024): pre-RMSNorm blocks, RoPE, GQA, SwiGLU.
+
+    tokens ──> embed ──> [ x + attn(rmsnorm(x), rope) ; x + swiglu(rmsnorm(x)) ] x n_layer ──> rmsnorm ──> lm_head ──> logits
+
+Optional QK-norm (per-head RMSNorm on q and k before RoPE) is a Qwen3 / Llama 4 feature, not Llama 3's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.errors import ScratchLLMError
+from scratchllm.layers import (Attention, GatedMLP, KVCache, RMSNorm, RopeScaling, inverse_frequencies,
+                               llama_hidden_dim, rope_cos_sin)
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 0  # set from the tokenizer
+    block_size: int = 256  # the longest context trained or generated
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 2  # grouped-query attention: each kv head serves n_head / n_kv_head query heads
+    n_embd: int = 128
+    head_dim: Optional[int] = None  # default n_embd / n_head
+    intermediate_size: Optional[int] = None  # default from multiple_of / ffn_dim_multiplier (Meta's rule)
+    multiple_of: int = 32
+    ffn_dim_multiplier: Optional[float] = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_factor: Optional[float] = None  # Llama 3.1 scaling, on when set (8.0 for Llama 3.1 / 32.0 for 3.2)
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position: int = 8192
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ScratchLLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.head_dim is None and self.n_embd % self.n_head:
+            raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd a multiple of n_head or set head_dim")
+        if self.n_head % self.n_kv_head:
+            raise ScratchLLMError(f"n_kv_head={self.n_kv_head} does not divide n_head={self.n_head}; use a divisor of n_head")
+        if (self.head_dim or self.n_embd // self.n_head) % 2:
+            raise ScratchLLMError("RoPE needs an even head_dim")
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.intermediate_size or llama_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def rope_scaling(self) -> Optional[RopeScaling]:
+        if self.rope_factor is None:
+            return None
+        return RopeScaling(self.rope_factor, self.rope_low_freq_factor, self.rope_high_freq_factor,
+                           self.rope_original_max_position)
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(c.n_embd, c.norm_eps)
+        self.attn = Attention(c.n_embd, c.n_head, c.n_kv_head, head_dim=c.head_dim, dropout=c.dropout,
+                              qk_norm=c.qk_norm, norm_eps=c.norm_eps)
+        self.mlp_norm = RMSNorm(c.n_embd, c.norm_eps)
+        self.mlp = GatedMLP(c.n_embd, c.hidden_dim, activation="silu")
+
+    def forward(self, x, rope, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.attn_norm(x), rope, cache, layer, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.n_embd)
+        self.blocks = nn.ModuleList(LlamaBlock(c) for _ in range(c.n_layer))
+        self.norm = RMSNorm(c.n_embd, c.norm_eps)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        head_dim = c.head_dim or c.n_embd // c.n_head
+        self.register_buffer("inv_freq", inverse_frequencies(head_dim, c.rope_theta, c.rope_scaling), persistent=False)
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:  # small normal init; residual outputs scaled down by depth, as GPT-2
+                std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim or c.n_embd // c.n_head, dtype, self.embed.weight.device)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, mask: torch.Tensor | None = None):
+        """idx (B, T) -> logits (B, T, vocab); with targets, (logits, loss). `positions` (B, T) default to
+        the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            if start + T > self.config.block_size and cache is None:
+                raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
+            positions = torch.arange(start, start + T, device=idx.device).expand(B, T)
+        rope = rope_cos_sin(positions, self.inv_freq)  # (B, T, head_dim) each
+        x = self.embed(idx)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i, mask)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

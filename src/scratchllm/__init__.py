@@ -10,14 +10,19 @@ __version__ = "0.1.0"
 
 
 def load_pretrained(path: str | Path, device: str = "cpu"):
-    """A trained model in eval mode from a checkpoint folder (or a run folder's latest/).
+    """A model in eval mode from a scratchllm checkpoint (or run) folder or a Hugging Face folder
+    (GPT2LMHeadModel, LlamaForCausalLM: config.json + model.safetensors or shards).
 
     `model(idx)` with idx of shape (batch, time) returns logits of shape (batch, time, vocab).
-    The tokenizer is `model.tokenizer`. To train, see `scratchllm.train.run.train`.
+    The tokenizer, when the folder has one, is `model.tokenizer`. To train, see `scratchllm.train.run.train`.
     """
+    from scratchllm.interop.hf import is_hf_folder, load_hf
     from scratchllm.train.checkpoint import load_checkpoint
 
-    model, tokenizer, _ = load_checkpoint(path, device=device)
+    if is_hf_folder(Path(path)):
+        model, tokenizer, _ = load_hf(path, device=device)
+    else:
+        model, tokenizer, _ = load_checkpoint(path, device=device)
     model.tokenizer = tokenizer
     return model
 

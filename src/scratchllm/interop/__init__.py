@@ -1,0 +1,1 @@
+"""Interoperability with Hugging Face `transformers` folders: config and state-dict maps, both ways."""

@@ -1,0 +1,100 @@
+"""Our GPT and Llama against transformers' GPT2LMHeadModel and LlamaForCausalLM: tiny random configs,
+weights copied across through the Hugging Face folder format, logits equal to 1e-5 in fp32."""
+
+import json
+
+import pytest
+import torch
+
+import scratchllm
+from scratchllm.errors import ScratchLLMError
+from scratchllm.interop.hf import load_hf, save_hf
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+ROPE_LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+LLAMA_CONFIGS = {
+    "gqa-llama3-rope-tied": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 intermediate_size=96, vocab_size=101, max_position_embeddings=128,
+                                 rope_scaling=ROPE_LLAMA3, tie_word_embeddings=True, rms_norm_eps=1e-5),
+    "mha-untied-odd": dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,
+                           intermediate_size=83, vocab_size=97, max_position_embeddings=64, tie_word_embeddings=False,
+                           rope_theta=10000.0),
+    "mqa-head-dim": dict(hidden_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                         head_dim=12, intermediate_size=70, vocab_size=53, max_position_embeddings=64,
+                         tie_word_embeddings=False, rope_scaling=ROPE_LLAMA3),
+}
+
+
+def hf_llama(name):
+    torch.manual_seed(0)
+    # a larger init than the default 0.02 gives logits of order 1, so a wrong detail shows well above 1e-5
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_CONFIGS[name], initializer_range=0.2)).eval()
+
+
+def hf_gpt2():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=48, n_layer=2, n_head=4, vocab_size=101, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0, initializer_range=0.2)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def max_diff(ours, theirs, vocab, T=40):
+    idx = torch.randint(vocab, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (ours(idx) - theirs(input_ids=idx).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("name", list(LLAMA_CONFIGS))
+def test_llama_import_matches_transformers(tmp_path, name):
+    hf = hf_llama(name)
+    hf.save_pretrained(tmp_path)
+    ours = scratchllm.load_pretrained(tmp_path)
+    assert max_diff(ours, hf, hf.config.vocab_size) <= 1e-5
+
+
+def test_gpt2_import_matches_transformers(tmp_path):
+    hf = hf_gpt2()
+    hf.save_pretrained(tmp_path)
+    ours = scratchllm.load_pretrained(tmp_path)
+    assert max_diff(ours, hf, 101) <= 1e-5
+
+
+def test_sharded_checkpoint(tmp_path):
+    hf = hf_llama("mha-untied-odd")
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert max_diff(scratchllm.load_pretrained(tmp_path), hf, 97) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gqa-llama3-rope-tied", "mha-untied-odd"])
+def test_llama_export_loads_in_transformers(tmp_path, name):
+    hf = hf_llama(name)
+    hf.save_pretrained(tmp_path / "in")
+    ours, _, kind = load_hf(tmp_path / "in")
+    save_hf(ours, kind, tmp_path / "out")
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert max_diff(ours, again, hf.config.vocab_size) <= 1e-5
+
+
+def test_gpt_export_loads_in_transformers(tmp_path):
+    hf_gpt2().save_pretrained(tmp_path / "in")
+    ours, _, kind = load_hf(tmp_path / "in")
+    save_hf(ours, kind, tmp_path / "out")
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert max_diff(ours, again, 101) <= 1e-5
+
+
+def test_unsupported_and_broken_folders(tmp_path):
+    hf = hf_llama("mha-untied-odd")
+    hf.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ScratchLLMError, match="corrupt or truncated"):
+        scratchllm.load_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    with pytest.raises(ScratchLLMError, match="'mamba' is not supported"):
+        scratchllm.load_pretrained(tmp_path)

@@ -48,3 +48,64 @@ def test_text_stream_holds_back_partial_utf8():
     assert stream.push(1) == "é"
     assert stream.push(2) == "a"
     assert CharTokenizer.train("é").token_bytes(0) == "é".encode()
+
+
+# -- the KV-cache engine --------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+from scratchllm.generate import generate_batch  # noqa: E402
+from scratchllm.models import Llama, LlamaConfig  # noqa: E402
+
+
+def tiny_llama(block_size=32):
+    torch.manual_seed(0)
+    return Llama(LlamaConfig(vocab_size=50, block_size=block_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                             rope_theta=10000.0)).eval()
+
+
+def tiny_gpt(block_size=32):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt])
+def test_cached_decoding_equals_full_recomputation(make):
+    model = make()
+    prompts = [[1, 2, 3, 4, 5], [7], [9, 8, 7, 6, 5, 4, 3, 2, 1]]
+    for kwargs in (dict(temperature=0), dict(temperature=1.0, top_k=10, seed=3), dict(temperature=0.8, top_p=0.9, seed=5)):
+        cached = list(generate_batch(model, prompts, 20, use_cache=True, **kwargs))
+        full = list(generate_batch(model, prompts, 20, use_cache=False, **kwargs))
+        assert cached == full
+    # the logits themselves agree step by step with a plain full forward pass
+    ids = [3, 1, 4, 1, 5]
+    cache = model.new_cache(1, 32)
+    step_logits = [model(torch.tensor([ids]), cache=cache)[:, -1]]
+    for t in [9, 2, 6]:
+        step_logits.append(model(torch.tensor([[t]]), cache=cache)[:, -1])
+        ids.append(t)
+    full_logits = model(torch.tensor([ids]))[0, 4:]
+    torch.testing.assert_close(torch.cat(step_logits), full_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt])
+def test_a_padded_batch_generates_what_each_prompt_does_alone(make):
+    model = make()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [7, 3], [11, 12, 13, 14]]
+    together = list(zip(*generate_batch(model, prompts, 12, temperature=0)))
+    for row, prompt in zip(together, prompts):
+        alone = [step[0] for step in generate_batch(model, [prompt], 12, temperature=0)]
+        assert list(row) == alone
+
+
+def test_stop_tokens_min_p_and_sliding_past_the_context():
+    model = tiny_llama(block_size=16)
+    greedy = list(generate(model, [1, 2, 3], 10, temperature=0))
+    stop = greedy[4]
+    assert list(generate(model, [1, 2, 3], 10, temperature=0, stop_tokens=[stop])) == greedy[:greedy.index(stop)]
+    # min_p=1 keeps only the most likely token: sampling becomes greedy
+    assert list(generate(model, [1, 2, 3], 10, temperature=1.0, min_p=1.0, seed=0)) == greedy
+    long = list(generate(model, [1, 2, 3], 40, temperature=0))  # 43 tokens > 16: slides, keeps going
+    assert len(long) == 40 and long[:10] == greedy
+    with pytest.raises(Exception, match="at least one token"):
+        list(generate_batch(model, [[1], []], 3))

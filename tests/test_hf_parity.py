@@ -98,3 +98,17 @@ def test_unsupported_and_broken_folders(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
     with pytest.raises(ScratchLLMError, match="'mamba' is not supported"):
         scratchllm.load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["gqa-llama3-rope-tied", "mqa-head-dim", "gpt2"])
+def test_greedy_generation_is_token_identical_to_hf_generate(tmp_path, name):
+    from scratchllm.generate import generate_batch
+
+    hf = hf_gpt2() if name == "gpt2" else hf_llama(name)
+    hf.save_pretrained(tmp_path)
+    ours = scratchllm.load_pretrained(tmp_path)
+    prompt = torch.randint(hf.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(2))
+    theirs = hf.generate(prompt, max_new_tokens=30, do_sample=False, pad_token_id=0, eos_token_id=None,
+                         attention_mask=torch.ones_like(prompt))[0, 7:].tolist()
+    mine = [step[0] for step in generate_batch(ours, prompt.tolist(), 30, temperature=0)]
+    assert mine == theirs

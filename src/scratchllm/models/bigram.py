@@ -29,7 +29,8 @@ class Bigram(nn.Module):
         self.table = nn.Embedding(config.vocab_size, config.vocab_size)
         nn.init.zeros_(self.table.weight)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions=None, cache=None, mask=None):
+        """Positions, cache and mask mean nothing to a bigram; they are accepted so one sampler serves all."""
         logits = self.table(idx)  # (B, T) -> (B, T, V)
         if targets is None:
             return logits

@@ -112,3 +112,42 @@ def test_greedy_generation_is_token_identical_to_hf_generate(tmp_path, name):
                          attention_mask=torch.ones_like(prompt))[0, 7:].tolist()
     mine = [step[0] for step in generate_batch(ours, prompt.tolist(), 30, temperature=0)]
     assert mine == theirs
+
+
+def test_qk_norm_matches_qwen3(tmp_path):
+    """Our optional QK-norm is Qwen3's: a per-head RMSNorm on q and k before RoPE."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   head_dim=16, intermediate_size=96, vocab_size=101, max_position_embeddings=128,
+                                   tie_word_embeddings=False, initializer_range=0.2)
+    hf = transformers.Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # norms start at 1; make them matter
+        for layer in hf.model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    hf.save_pretrained(tmp_path)
+    ours = scratchllm.load_pretrained(tmp_path)
+    assert ours.config.qk_norm
+    assert max_diff(ours, hf, 101) <= 1e-5
+
+
+def test_trained_llama_converts_to_hf_with_its_tokenizer(tmp_path, small_corpus, capsys):
+    from scratchllm.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "llama-bpe-baby", "--data", str(small_corpus), "--out", str(out),
+                 "--max-steps", "20", "--no-progress", "--sample-tokens", "0", "--set", "tokenizer.vocab_size=300",
+                 "--set", "n_layer=1", "--set", "block_size=32", "--set", "eval_interval=20", "--set", "eval_batches=2"]) == 0
+    assert main(["convert", str(out), "--to-hf", str(tmp_path / "hf")]) == 0
+    ours = scratchllm.load_pretrained(out)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert max_diff(ours, theirs, 300, T=32) <= 1e-5
+    tokenizers = pytest.importorskip("tokenizers")
+    text = small_corpus.read_text()[:3000]
+    assert tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json")).encode(text).ids == ours.tokenizer.encode(text)
+    again = scratchllm.load_pretrained(tmp_path / "hf")
+    assert again.tokenizer.encode(text) == ours.tokenizer.encode(text)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(tmp_path / "hf"), "--prompt", "ROMEO:", "--max-new-tokens", "5",
+                 "--temperature", "0", "--stop", "<|endoftext|>"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")

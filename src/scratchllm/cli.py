@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
+    s.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop at this special token or single-token text (repeatable)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slow; for checking)")
     s.add_argument("--device", default="cpu")
 
     e = sub.add_parser("eval", help="validation loss and bits per character of a checkpoint",
@@ -63,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     e.add_argument("--device", default="cpu")
+
+    c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder",
+                       description="Write config.json + model.safetensors (+ tokenizer.json) that transformers' from_pretrained loads.")
+    c.add_argument("checkpoint", help="a run folder or checkpoint folder (gpt with bias=true, or llama)")
+    c.add_argument("--to-hf", required=True, metavar="OUT", help="folder to write")
 
     p = sub.add_parser("prepare", help="encode a corpus into train/val token files",
                        description="Encode a corpus into memory-mappable train.bin / val.bin (uint16, or uint32 above 65,536 tokens).")
@@ -104,15 +113,16 @@ def cmd_train(args) -> None:
           f"best {summary['best_val']:.4f}")
     if args.sample_tokens:
         print("--- sample ---")
-        _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu")
+        _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu", None, [], True)
         print("\n--------------")
     print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png\nmetrics:    {out}/metrics.jsonl")
     print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
 
 
-def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device) -> None:
+def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, min_p, stop,
+                   use_cache) -> None:
+    from scratchllm import load_pretrained
     from scratchllm.generate import TextStream, generate
-    from scratchllm.train.checkpoint import load_checkpoint
 
     if prompt == "":
         raise ScratchLLMError("the prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
@@ -122,11 +132,23 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
         raise ScratchLLMError(f"--top-p must be in (0, 1], got {top_p}")
     if temperature < 0 or not math.isfinite(temperature):
         raise ScratchLLMError(f"--temperature must be >= 0, got {temperature}")
-    model, tokenizer, _ = load_checkpoint(checkpoint, device=device)
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise ScratchLLMError(f"--min-p must be in [0, 1], got {min_p}")
+    model = load_pretrained(checkpoint, device=device)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ScratchLLMError(f"{checkpoint} has no tokenizer (tokenizer.json or tokenizer.model); add one to sample from text")
     ids = tokenizer.encode(prompt)
+    stop_ids = []
+    for text in stop:
+        special = getattr(tokenizer, "special_tokens", {}).get(text)
+        encoded = [special] if special is not None else tokenizer.encode(text)
+        if len(encoded) != 1:
+            raise ScratchLLMError(f"--stop {text!r} is {len(encoded)} tokens; give a special token or a single-token text")
+        stop_ids.append(encoded[0])
     stream = TextStream(tokenizer)
     sys.stdout.write(prompt)
-    for token in generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, device):
+    for token in generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, device, min_p, stop_ids, use_cache):
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush())
@@ -135,7 +157,7 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
 
 def cmd_sample(args) -> None:
     _stream_sample(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                   args.seed, args.device)
+                   args.seed, args.device, args.min_p, args.stop, not args.no_cache)
     print()
 
 
@@ -147,6 +169,16 @@ def cmd_eval(args) -> None:
     print(f"val loss {r['loss']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
           f"{r['bits_per_char']:.4f} bits/char | {r['bits_per_byte']:.4f} bits/byte "
           f"({r['tokens']:,} tokens of {r['data']})")
+
+
+def cmd_convert(args) -> None:
+    from scratchllm.interop.hf import save_hf
+    from scratchllm.train.checkpoint import load_checkpoint
+
+    model, tokenizer, meta = load_checkpoint(args.checkpoint)
+    out = save_hf(model, meta["model_type"], args.to_hf, tokenizer)
+    print(f"wrote {out} (config.json, model.safetensors{', tokenizer.json' if tokenizer.kind == 'bpe' else ''}); "
+          f"load it with transformers' AutoModelForCausalLM.from_pretrained('{out}')")
 
 
 def cmd_prepare(args) -> None:
@@ -195,7 +227,8 @@ def cmd_tokenizer(args) -> None:
         raise ScratchLLMError("scratchllm tokenizer: choose train, encode or decode (see scratchllm tokenizer --help)")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer,
+            "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

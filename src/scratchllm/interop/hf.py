@@ -1,4 +1,4 @@
-"""Hugging Face folders <-> scratchllm models (GPT2LMHeadModel, LlamaForCausalLM).
+"""Hugging Face folders <-> scratchllm models (GPT2LMHeadModel, LlamaForCausalLM; Qwen3ForCausalLM in).
 
 A folder is `config.json` + `model.safetensors` (or shards listed in `model.safetensors.index.json`),
 with `tokenizer.json` or a tiktoken `tokenizer.model` beside it when present. The maps below are the
@@ -36,7 +36,7 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, Any]:
                                 n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
                                 activation=_GPT2_ACTIVATIONS[hf.get("activation_function", "gelu_new")],
                                 norm_eps=hf.get("layer_norm_epsilon", 1e-5))
-    if kind == "llama":
+    if kind in ("llama", "qwen3"):  # Qwen3 is Llama plus QK-norm
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ScratchLLMError("Llama checkpoints with attention or MLP biases are not supported")
         rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
@@ -53,8 +53,8 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, Any]:
             rope_theta=theta, rope_factor=rope["factor"] if scaled else None,
             rope_low_freq_factor=rope.get("low_freq_factor", 1.0), rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
             rope_original_max_position=rope.get("original_max_position_embeddings", 8192),
-            tie_embeddings=hf.get("tie_word_embeddings", False))
-    raise ScratchLLMError(f"Hugging Face model type {kind!r} is not supported (gpt2 and llama are)")
+            tie_embeddings=hf.get("tie_word_embeddings", False), qk_norm=kind == "qwen3")
+    raise ScratchLLMError(f"Hugging Face model type {kind!r} is not supported (gpt2, llama and qwen3 are)")
 
 
 def config_to_hf(model_type: str, c) -> dict[str, Any]:
@@ -113,6 +113,8 @@ def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c) -> dict[
             out[f"{b}mlp.{ours}.weight"] = sd[f"{h}mlp.{theirs}.weight"]
         out[b + "attn_norm.weight"] = sd[h + "input_layernorm.weight"]
         out[b + "mlp_norm.weight"] = sd[h + "post_attention_layernorm.weight"]
+        if c.qk_norm:
+            out[b + "attn.q_norm.weight"], out[b + "attn.k_norm.weight"] = sd[a + "q_norm.weight"], sd[a + "k_norm.weight"]
     return out
 
 

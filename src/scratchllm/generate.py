@@ -58,9 +58,12 @@ class _Batch:
         self.padded = bool((~self.valid).any())
 
     def positions(self) -> torch.Tensor:
-        return (self.valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): real tokens count from 0
+        positions = (self.valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): real tokens count from 0
+        self.last_positions = positions[:, -1]
+        return positions
 
     def append(self, tokens: torch.Tensor) -> None:
+        self.last_positions = self.last_positions + 1
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
         self.valid = torch.cat([self.valid, torch.ones_like(tokens[:, None], dtype=torch.bool)], dim=1)
 
@@ -76,7 +79,7 @@ def _forward_full(model: nn.Module, batch: _Batch, cache=None) -> torch.Tensor:
     return model(batch.ids, positions=batch.positions(), cache=cache, mask=mask)[:, -1, :]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    min_p: float | None = None, stop_tokens: Sequence[int] = (), seed: int | None = None,
@@ -99,7 +102,8 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     logits = _forward_full(model, batch, cache)
     for _ in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator, min_p)
-        done = done | torch.isin(nxt, stops)
+        if len(stops):
+            done = done | torch.isin(nxt, stops)
         yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist())]
         if bool(done.all()):
             return
@@ -109,7 +113,7 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
             cache = model.new_cache(len(prompts), context) if use_cache else None
             logits = _forward_full(model, batch, cache)
         elif use_cache:
-            pos = batch.positions()[:, -1:]  # (B, 1)
+            pos = batch.last_positions[:, None]  # (B, 1)
             mask = batch.valid[:, None, None, :] if batch.padded else None  # (B, 1, 1, S): every real key
             logits = model(nxt[:, None], positions=pos, cache=cache, mask=mask)[:, -1, :]
         else:

@@ -54,25 +54,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.size(-1))
     n_rep = q.size(1) // k.size(1)
-    if n_rep > 1:  # grouped-query attention: each kv head serves n_rep query heads
-        k = k.repeat_interleave(n_rep, dim=1)
-        v = v.repeat_interleave(n_rep, dim=1)
-    T, S = q.size(-2), k.size(-2)
+    B, H, T, D = q.shape
+    S = k.size(-2)
+    if causal and T == 1 and mask is None:
+        causal = False  # one query at the last position sees every key
     if mask is None and causal and T != S:
         mask = causal_mask(T, S, q.device)
     if use_fused_kernel(q, k):
+        gqa = {"enable_gqa": True} if n_rep > 1 else {}  # kv heads are shared, never copied
         if mask is not None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, **gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale, **gqa)
+    if causal and mask is None:
+        mask = causal_mask(T, S, q.device)
+    if n_rep > 1:
+        # grouped-query attention without copying k and v: the n_rep query heads of a group become
+        # n_rep * T rows against their shared kv head. (B, H, T, D) -> (B, KV, n_rep * T, D)
+        q = q.reshape(B, H // n_rep, n_rep * T, D)
+        if mask is not None:  # the same (T, S) mask for each of the n_rep stacked heads
+            mask = torch.cat([mask] * n_rep, dim=-2)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, KV, n_rep * T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    elif causal:
-        scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # softmax in fp32 under autocast
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
-    return probs @ v
+    return (probs @ v).view(B, H, T, D)
 
 
 _MASKS: dict[tuple[int, int, str], torch.Tensor] = {}

@@ -6,6 +6,7 @@ LayerNorm is torch's own `nn.LayerNorm` (with `bias=False` where a model has non
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,8 +22,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x * rsqrt(mean(x^2) + eps), one kernel
         if self.offset == 0.0:
             return self.weight * x.to(dtype)  # as Llama: cast back, then scale
         return (x * (self.offset + self.weight.float())).to(dtype)  # as Gemma: scale in fp32, then cast

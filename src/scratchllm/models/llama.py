@@ -91,10 +91,19 @@ class Llama(nn.Module):
             self.lm_head.weight = self.embed.weight
         head_dim = c.head_dim or c.n_embd // c.n_head
         self.register_buffer("inv_freq", inverse_frequencies(head_dim, c.rope_theta, c.rope_scaling), persistent=False)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         for name, p in self.named_parameters():
             if p.dim() >= 2:  # small normal init; residual outputs scaled down by depth, as GPT-2
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
+
+    def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions 0..n-1 (at least), computed once and grown on demand: (N, head_dim) each."""
+        if self._rope is None or self._rope[0].size(0) < n or self._rope[0].device != self.inv_freq.device:
+            size = max(n, min(self.config.block_size, 4096))
+            cos, sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device)[None], self.inv_freq)
+            self._rope = (cos[0], sin[0])
+        return self._rope
 
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
         c = self.config
@@ -110,7 +119,8 @@ class Llama(nn.Module):
             if start + T > self.config.block_size and cache is None:
                 raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
             positions = torch.arange(start, start + T, device=idx.device).expand(B, T)
-        rope = rope_cos_sin(positions, self.inv_freq)  # (B, T, head_dim) each
+        rope = self._rope_tables(int(positions.max()) + 1)
+        rope = (rope[0][positions], rope[1][positions])  # (B, T, head_dim) each
         x = self.embed(idx)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask)

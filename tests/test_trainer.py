@@ -199,6 +199,8 @@ def test_count_based_bigram_reference(tiny_shakespeare):
 
 @pytest.mark.slow
 def test_baby_gpt_reaches_nanogpt_loss(tiny_shakespeare, tmp_path):
+    """Issue 2's target (nanoGPT's single reported figure). Not met yet: seeds give 1.899-1.930 here
+    (whole val split 1.901-1.915); see benchmarks/train_char.py and the issue notes."""
     summary = train("gpt-char-baby", data=str(tiny_shakespeare), out=tmp_path / "run", progress=False)
     assert summary["val_loss"] <= 1.89
 

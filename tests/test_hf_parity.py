@@ -151,3 +151,20 @@ def test_trained_llama_converts_to_hf_with_its_tokenizer(tmp_path, small_corpus,
     assert main(["sample", "--checkpoint", str(tmp_path / "hf"), "--prompt", "ROMEO:", "--max-new-tokens", "5",
                  "--temperature", "0", "--stop", "<|endoftext|>"]) == 0
     assert capsys.readouterr().out.startswith("ROMEO:")
+
+
+def test_gemma_matches_transformers(tmp_path):
+    """Gemma = the Llama code with (1 + w) RMSNorm, GeGLU, sqrt(d)-scaled embeddings, tied head, MQA."""
+    torch.manual_seed(0)
+    cfg = transformers.GemmaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                                   head_dim=16, intermediate_size=96, vocab_size=101, max_position_embeddings=128,
+                                   initializer_range=0.2)
+    hf = transformers.GemmaForCausalLM(cfg).eval()
+    with torch.no_grad():  # Gemma's norm weights start at 0 (= scale 1); make them matter
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.uniform_(-0.5, 0.5)
+    hf.save_pretrained(tmp_path)
+    ours = scratchllm.load_pretrained(tmp_path)
+    assert type(ours).__name__ == "Gemma" and ours.config.norm_offset == 1.0
+    assert max_diff(ours, hf, 101) <= 1e-5

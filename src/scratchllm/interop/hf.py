@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models import GPTConfig, LlamaConfig, build_model
+from scratchllm.models import GemmaConfig, GPTConfig, LlamaConfig, build_model
 
 # -- configs ---------------------------------------------------------------------------------------
 
@@ -36,6 +36,16 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, Any]:
                                 n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
                                 activation=_GPT2_ACTIVATIONS[hf.get("activation_function", "gelu_new")],
                                 norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+    if kind == "gemma":
+        if hf.get("hidden_activation", hf.get("hidden_act")) not in ("gelu_pytorch_tanh", "gelu_tanh", None):
+            raise ScratchLLMError(f"Gemma activation {hf.get('hidden_activation')!r} is not supported")
+        rope = dict(hf.get("rope_parameters") or {})
+        return "gemma", GemmaConfig(
+            vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 8192),
+            n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+            n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"], n_embd=hf["hidden_size"],
+            head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
     if kind in ("llama", "qwen3"):  # Qwen3 is Llama plus QK-norm
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ScratchLLMError("Llama checkpoints with attention or MLP biases are not supported")
@@ -54,7 +64,7 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, Any]:
             rope_low_freq_factor=rope.get("low_freq_factor", 1.0), rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
             rope_original_max_position=rope.get("original_max_position_embeddings", 8192),
             tie_embeddings=hf.get("tie_word_embeddings", False), qk_norm=kind == "qwen3")
-    raise ScratchLLMError(f"Hugging Face model type {kind!r} is not supported (gpt2, llama and qwen3 are)")
+    raise ScratchLLMError(f"Hugging Face model type {kind!r} is not supported (gpt2, llama, qwen3 and gemma are)")
 
 
 def config_to_hf(model_type: str, c) -> dict[str, Any]:
@@ -86,7 +96,8 @@ def config_to_hf(model_type: str, c) -> dict[str, Any]:
 
 # -- state dicts -----------------------------------------------------------------------------------
 
-def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c) -> dict[str, torch.Tensor]:
+def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """Our names from theirs. `prefix` is where a Llama-style decoder's tensors sit (default "model.")."""
     out: dict[str, torch.Tensor] = {}
     if model_type == "gpt":
         p = "transformer."
@@ -101,7 +112,7 @@ def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c) -> dict[
                 out[b + ours + ".weight"] = sd[h + theirs + ".weight"].t().contiguous()  # Conv1D (in, out) -> (out, in)
                 out[b + ours + ".bias"] = sd[h + theirs + ".bias"]
         return out
-    p = "model."
+    p = prefix if prefix is not None else "model."
     out["embed.weight"], out["norm.weight"] = sd[p + "embed_tokens.weight"], sd[p + "norm.weight"]
     out["lm_head.weight"] = sd.get("lm_head.weight", sd[p + "embed_tokens.weight"])
     for i in range(c.n_layer):
@@ -216,3 +227,86 @@ def save_hf(model, model_type: str, folder: str | Path, tokenizer=None) -> Path:
 
     write_folder_atomically(Path(folder), write)
     return Path(folder)
+
+
+# -- SigLIP ----------------------------------------------------------------------------------------
+
+def siglip_vision_config_from_hf(hf: dict[str, Any]):
+    from scratchllm.models.siglip import SiglipVisionConfig
+
+    return SiglipVisionConfig(image_size=hf["image_size"], patch_size=hf["patch_size"], num_channels=hf.get("num_channels", 3),
+                              n_embd=hf["hidden_size"], n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                              intermediate_size=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-6),
+                              use_head=hf.get("vision_use_head", True))
+
+
+def siglip_text_config_from_hf(hf: dict[str, Any]):
+    from scratchllm.models.siglip import SiglipTextConfig
+
+    return SiglipTextConfig(vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_embd=hf["hidden_size"],
+                            n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                            intermediate_size=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-6),
+                            projection_size=hf.get("projection_size") or hf["hidden_size"])
+
+
+def _siglip_encoder(sd, theirs: str, ours: str, n_layer: int, out: dict) -> None:
+    """HF's encoder layers (layer_norm1, self_attn q/k/v/out, layer_norm2, mlp fc1/fc2) -> our PreNormBlocks."""
+    for i in range(n_layer):
+        h, b = f"{theirs}encoder.layers.{i}.", f"{ours}blocks.{i}."
+        for x in ("weight", "bias"):
+            out[f"{b}ln_1.{x}"], out[f"{b}ln_2.{x}"] = sd[f"{h}layer_norm1.{x}"], sd[f"{h}layer_norm2.{x}"]
+            out[f"{b}attn.qkv.{x}"] = torch.cat([sd[f"{h}self_attn.{p}_proj.{x}"] for p in ("q", "k", "v")])
+            out[f"{b}attn.proj.{x}"] = sd[f"{h}self_attn.out_proj.{x}"]
+            out[f"{b}mlp.fc.{x}"], out[f"{b}mlp.proj.{x}"] = sd[f"{h}mlp.fc1.{x}"], sd[f"{h}mlp.fc2.{x}"]
+
+
+def siglip_vision_from_hf(sd: dict[str, torch.Tensor], c, theirs: str = "vision_model.", ours: str = "") -> dict:
+    out: dict[str, torch.Tensor] = {}
+    e = theirs + "embeddings."
+    for x in ("weight", "bias"):
+        out[f"{ours}patch_embed.{x}"] = sd[f"{e}patch_embedding.{x}"]
+        out[f"{ours}post_norm.{x}"] = sd[f"{theirs}post_layernorm.{x}"]
+    out[f"{ours}pos_embed.weight"] = sd[f"{e}position_embedding.weight"]
+    _siglip_encoder(sd, theirs, ours, c.n_layer, out)
+    if c.use_head:
+        h = theirs + "head."
+        out[f"{ours}head.probe"] = sd[h + "probe"]
+        out[f"{ours}head.attn.qkv.weight"], out[f"{ours}head.attn.qkv.bias"] = sd[h + "attention.in_proj_weight"], sd[h + "attention.in_proj_bias"]
+        for x in ("weight", "bias"):
+            out[f"{ours}head.attn.proj.{x}"] = sd[f"{h}attention.out_proj.{x}"]
+            out[f"{ours}head.norm.{x}"] = sd[f"{h}layernorm.{x}"]
+            out[f"{ours}head.mlp.fc.{x}"], out[f"{ours}head.mlp.proj.{x}"] = sd[f"{h}mlp.fc1.{x}"], sd[f"{h}mlp.fc2.{x}"]
+    return out
+
+
+def siglip_text_from_hf(sd: dict[str, torch.Tensor], c, theirs: str = "text_model.", ours: str = "") -> dict:
+    out: dict[str, torch.Tensor] = {}
+    out[f"{ours}token_embed.weight"] = sd[f"{theirs}embeddings.token_embedding.weight"]
+    out[f"{ours}pos_embed.weight"] = sd[f"{theirs}embeddings.position_embedding.weight"]
+    for x in ("weight", "bias"):
+        out[f"{ours}final_norm.{x}"] = sd[f"{theirs}final_layer_norm.{x}"]
+        out[f"{ours}head.{x}"] = sd[f"{theirs}head.{x}"]
+    _siglip_encoder(sd, theirs, ours, c.n_layer, out)
+    return out
+
+
+def load_hf_siglip(folder: str | Path):
+    """A SiglipVisionModel folder -> SiglipVision; a SiglipModel folder -> Siglip (both towers)."""
+    from scratchllm.models.siglip import Siglip, SiglipConfig, SiglipVision
+
+    folder = Path(folder)
+    hf = json.loads((folder / "config.json").read_text())
+    sd = _read_weights(folder)
+    if hf.get("model_type") == "siglip_vision_model":
+        cfg = siglip_vision_config_from_hf(hf)
+        prefix = "vision_model." if "vision_model.embeddings.patch_embedding.weight" in sd else ""  # saved either way
+        model, ours = SiglipVision(cfg), siglip_vision_from_hf(sd, cfg, theirs=prefix)
+    elif hf.get("model_type") == "siglip":
+        cfg = SiglipConfig(siglip_vision_config_from_hf(hf["vision_config"]), siglip_text_config_from_hf(hf["text_config"]))
+        model = Siglip(cfg)
+        ours = {**siglip_vision_from_hf(sd, cfg.vision, ours="vision."), **siglip_text_from_hf(sd, cfg.text, ours="text."),
+                "logit_scale": sd["logit_scale"].reshape(1), "logit_bias": sd["logit_bias"].reshape(1)}
+    else:
+        raise ScratchLLMError(f"{folder} is not a SigLIP folder (model_type {hf.get('model_type')!r})")
+    model.load_state_dict(ours, strict=True)
+    return model.eval()

@@ -124,14 +124,23 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim). rope: (cos, sin) of the T positions; cache: earlier keys/values."""
+                cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim). rope: (cos, sin) of the T positions; cache: earlier keys/values;
+        context (B, S, dim): attend to it instead of to x (cross-attention, as SigLIP's pooling head)."""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)  # (B, T, H*D), (B, T, KV*D) x2
+        if context is None:
+            q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)  # (B, T, H*D), (B, T, KV*D) x2
+        else:  # queries from x, keys and values from the context: the same weights, split by rows
+            w_q, w_kv = self.qkv.weight.split([H * D, 2 * KV * D])
+            b_q, b_kv = self.qkv.bias.split([H * D, 2 * KV * D]) if self.qkv.bias is not None else (None, None)
+            q = F.linear(x, w_q, b_q)
+            k, v = F.linear(context, w_kv, b_kv).split([KV * D, KV * D], dim=-1)
+        S = k.size(1)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
-        v = v.view(B, T, KV, D).transpose(1, 2)
+        k = k.view(B, S, KV, D).transpose(1, 2)  # (B, KV, S, D)
+        v = v.view(B, S, KV, D).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:

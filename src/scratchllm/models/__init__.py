@@ -10,6 +10,7 @@ from scratchllm.config import from_dict
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.bigram import Bigram, BigramConfig
 from scratchllm.models.gpt import GPT, GPTConfig
+from scratchllm.models.gemma import Gemma, GemmaConfig
 from scratchllm.models.llama import Llama, LlamaConfig
 
 # model_type -> (model class, config class). A checkpoint's config.json names its model_type.
@@ -17,6 +18,7 @@ MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
     "bigram": (Bigram, BigramConfig),
     "gpt": (GPT, GPTConfig),
     "llama": (Llama, LlamaConfig),
+    "gemma": (Gemma, GemmaConfig),
 }
 
 
@@ -32,4 +34,4 @@ def build_model(model_type: str, config: Any) -> nn.Module:
     return MODEL_TYPES[model_type][0](config)
 
 
-__all__ = ["Bigram", "BigramConfig", "GPT", "GPTConfig", "Llama", "LlamaConfig", "MODEL_TYPES", "build_model", "config_class"]
+__all__ = ["Bigram", "BigramConfig", "GPT", "GPTConfig", "Llama", "LlamaConfig", "Gemma", "GemmaConfig", "MODEL_TYPES", "build_model", "config_class"]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import MLP, Attention, KVCache
+from scratchllm.layers import KVCache
+from scratchllm.layers.blocks import PreNormBlock
 
 
 @dataclass
@@ -38,19 +39,6 @@ class GPTConfig:
             raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-class Block(nn.Module):
-    def __init__(self, c: GPTConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
-        self.attn = Attention(c.n_embd, c.n_head, bias=c.bias, dropout=c.dropout, causal=True)
-        self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
-        self.mlp = MLP(c.n_embd, 4 * c.n_embd, activation=c.activation, bias=c.bias, dropout=c.dropout)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, mask=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache=cache, layer=layer, mask=mask)
-        return x + self.mlp(self.ln_2(x))
-
-
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -58,7 +46,9 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.blocks = nn.ModuleList(
+            PreNormBlock(c.n_embd, c.n_head, 4 * c.n_embd, c.activation, c.bias, c.dropout, causal=True, norm_eps=c.norm_eps)
+            for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input and output embeddings

@@ -41,6 +41,10 @@ class LlamaConfig:
     qk_norm: bool = False
     tie_embeddings: bool = False
     dropout: float = 0.0
+    # What Gemma changes (see models/gemma.py); Llama's values here
+    norm_offset: float = 0.0  # RMSNorm scales by (offset + w)
+    mlp_activation: str = "silu"  # the gate's non-linearity: SwiGLU (silu) or GeGLU (gelu_tanh)
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(n_embd)
 
     def __post_init__(self):
         for name in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
@@ -68,11 +72,11 @@ class LlamaConfig:
 class LlamaBlock(nn.Module):
     def __init__(self, c: LlamaConfig):
         super().__init__()
-        self.attn_norm = RMSNorm(c.n_embd, c.norm_eps)
+        self.attn_norm = RMSNorm(c.n_embd, c.norm_eps, c.norm_offset)
         self.attn = Attention(c.n_embd, c.n_head, c.n_kv_head, head_dim=c.head_dim, dropout=c.dropout,
                               qk_norm=c.qk_norm, norm_eps=c.norm_eps)
-        self.mlp_norm = RMSNorm(c.n_embd, c.norm_eps)
-        self.mlp = GatedMLP(c.n_embd, c.hidden_dim, activation="silu")
+        self.mlp_norm = RMSNorm(c.n_embd, c.norm_eps, c.norm_offset)
+        self.mlp = GatedMLP(c.n_embd, c.hidden_dim, activation=c.mlp_activation)
 
     def forward(self, x, rope, cache=None, layer=0, mask=None):
         x = x + self.attn(self.attn_norm(x), rope, cache, layer, mask)
@@ -85,7 +89,7 @@ class Llama(nn.Module):
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(LlamaBlock(c) for _ in range(c.n_layer))
-        self.norm = RMSNorm(c.n_embd, c.norm_eps)
+        self.norm = RMSNorm(c.n_embd, c.norm_eps, c.norm_offset)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -93,7 +97,7 @@ class Llama(nn.Module):
         self.register_buffer("inv_freq", inverse_frequencies(head_dim, c.rope_theta, c.rope_scaling), persistent=False)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         for name, p in self.named_parameters():
-            if p.dim() >= 2:  # small normal init; residual outputs scaled down by depth, as GPT-2
+            if p.dim() >= 2:  # small normal init (RMSNorm gains keep their identity init); residual outputs scaled down by depth, as GPT-2
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
@@ -109,19 +113,23 @@ class Llama(nn.Module):
         c = self.config
         return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim or c.n_embd // c.n_head, dtype, self.embed.weight.device)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, mask: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor | None, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None):
         """idx (B, T) -> logits (B, T, vocab); with targets, (logits, loss). `positions` (B, T) default to
-        the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding)."""
-        B, T = idx.shape
+        the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding,
+        prefix-LM); `embeds` (B, T, C) replaces the token embeddings (PaliGemma's image tokens)."""
+        B, T = idx.shape if embeds is None else embeds.shape[:2]
+        device = idx.device if embeds is None else embeds.device
         start = cache.length if cache is not None else 0
         if positions is None:
             if start + T > self.config.block_size and cache is None:
                 raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
-            positions = torch.arange(start, start + T, device=idx.device).expand(B, T)
+            positions = torch.arange(start, start + T, device=device).expand(B, T)
         rope = self._rope_tables(int(positions.max()) + 1)
         rope = (rope[0][positions], rope[1][positions])  # (B, T, head_dim) each
-        x = self.embed(idx)  # (B, T, C)
+        x = self.embed(idx) if embeds is None else embeds  # (B, T, C)
+        if self.config.scale_embeddings:
+            x = x * math.sqrt(self.config.n_embd)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask)
         if cache is not None:
@@ -129,4 +137,5 @@ class Llama(nn.Module):
         logits = self.lm_head(self.norm(x))  # (B, T, vocab)
         if targets is None:
             return logits
-        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        # ignore_index -100: positions without a target (PaliGemma's image and prefix) add no loss
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

@@ -310,3 +310,34 @@ def load_hf_siglip(folder: str | Path):
         raise ScratchLLMError(f"{folder} is not a SigLIP folder (model_type {hf.get('model_type')!r})")
     model.load_state_dict(ours, strict=True)
     return model.eval()
+
+
+def load_hf_paligemma(folder: str | Path):
+    """A PaliGemmaForConditionalGeneration folder (Gemma 1 decoder) -> PaliGemma."""
+    from scratchllm.models.paligemma import PaliGemma, PaliGemmaConfig
+
+    folder = Path(folder)
+    hf = json.loads((folder / "config.json").read_text())
+    if hf.get("model_type") != "paligemma":
+        raise ScratchLLMError(f"{folder} is not a PaliGemma folder (model_type {hf.get('model_type')!r})")
+    kind, text_cfg = config_from_hf(hf["text_config"])
+    if kind != "gemma":
+        raise ScratchLLMError(f"PaliGemma with a {kind} decoder is not supported (Gemma 1 is)")
+    vision_cfg = siglip_vision_config_from_hf({**hf["vision_config"], "vision_use_head": False})
+    cfg = PaliGemmaConfig(vision_cfg, text_cfg, hf.get("image_token_id", hf.get("image_token_index")))
+    sd = _read_weights(folder)
+
+    def prefix_of(suffix: str) -> str:  # where a part sits: versions of transformers save different names
+        found = [k[: -len(suffix)] for k in sd if k.endswith(suffix)]
+        if len(found) != 1:
+            raise ScratchLLMError(f"{folder}: cannot find a unique '{suffix}' in the weights")
+        return found[0]
+
+    projector = prefix_of("multi_modal_projector.linear.weight") + "multi_modal_projector.linear."
+    ours = {**siglip_vision_from_hf(sd, vision_cfg, theirs=prefix_of("embeddings.patch_embedding.weight"), ours="vision."),
+            "projector.weight": sd[projector + "weight"], "projector.bias": sd[projector + "bias"]}
+    for k, v in state_dict_from_hf("gemma", sd, text_cfg, prefix=prefix_of("embed_tokens.weight")).items():
+        ours["language." + k] = v
+    model = PaliGemma(cfg)
+    model.load_state_dict(ours, strict=True)
+    return model.eval()

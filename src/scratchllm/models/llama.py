@@ -109,6 +109,12 @@ class Llama(nn.Module):
             self._rope = (cos[0], sin[0])
         return self._rope
 
+    def embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, C); Gemma scales them by sqrt(d) here, so that other inputs placed
+        among them (PaliGemma's image features) enter unscaled."""
+        x = self.embed(idx)
+        return x * math.sqrt(self.config.n_embd) if self.config.scale_embeddings else x
+
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
         c = self.config
         return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim or c.n_embd // c.n_head, dtype, self.embed.weight.device)
@@ -117,7 +123,7 @@ class Llama(nn.Module):
                 cache: KVCache | None = None, mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None):
         """idx (B, T) -> logits (B, T, vocab); with targets, (logits, loss). `positions` (B, T) default to
         the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding,
-        prefix-LM); `embeds` (B, T, C) replaces the token embeddings (PaliGemma's image tokens)."""
+        prefix-LM); `embeds` (B, T, C), as `embed_tokens` makes them, replaces idx (PaliGemma)."""
         B, T = idx.shape if embeds is None else embeds.shape[:2]
         device = idx.device if embeds is None else embeds.device
         start = cache.length if cache is not None else 0
@@ -127,9 +133,7 @@ class Llama(nn.Module):
             positions = torch.arange(start, start + T, device=device).expand(B, T)
         rope = self._rope_tables(int(positions.max()) + 1)
         rope = (rope[0][positions], rope[1][positions])  # (B, T, head_dim) each
-        x = self.embed(idx) if embeds is None else embeds  # (B, T, C)
-        if self.config.scale_embeddings:
-            x = x * math.sqrt(self.config.n_embd)
+        x = self.embed_tokens(idx) if embeds is None else embeds  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask)
         if cache is not None:

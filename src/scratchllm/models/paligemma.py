@@ -1,0 +1,76 @@
+"""PaliGemma (Beyer et al. 2024): a SigLIP image encoder, a linear projector, and a Gemma decoder.
+
+    image ──SigLIP (no head)──> patch features (B, N, d_v) ──linear──> (B, N, d) ─┐
+    tokens: <image> x N, bos, prefix, "\n", suffix, eos ──Gemma embed──────────────┴─> the <image> slots take
+    the projected patches ──> Gemma with a prefix-LM mask ──> logits; loss on the suffix only
+
+The prefix-LM mask: the image and the prefix (the prompt) attend to each other in both directions;
+the suffix (the answer) is causal, and sees the whole prefix. So the model reads the question with
+full context and writes the answer left to right. Positions start at 1, as Hugging Face's do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.layers import KVCache
+from scratchllm.models.gemma import Gemma, GemmaConfig
+from scratchllm.models.siglip import SiglipVision, SiglipVisionConfig
+
+
+@dataclass
+class PaliGemmaConfig:
+    vision: SiglipVisionConfig = field(default_factory=lambda: SiglipVisionConfig(use_head=False))
+    text: GemmaConfig = field(default_factory=GemmaConfig)
+    image_token_id: int = 0  # the id whose slots receive image features
+
+
+def prefix_lm_mask(valid: torch.Tensor, prefix: torch.Tensor, T: int | None = None) -> torch.Tensor:
+    """(B, 1, T, S) boolean mask over S keys for the last T queries. `valid` (B, S): real tokens;
+    `prefix` (B, S): image and prompt tokens. Key k is visible to query q when it is real and either
+    comes no later than q (causal) or both are prefix tokens (bidirectional block)."""
+    B, S = valid.shape
+    T = T or S
+    q_idx = torch.arange(S - T, S, device=valid.device)
+    k_idx = torch.arange(S, device=valid.device)
+    causal = k_idx[None, :] <= q_idx[:, None]  # (T, S)
+    both_prefix = prefix[:, S - T:, None] & prefix[:, None, :]  # (B, T, S)
+    mask = (causal[None] | both_prefix) & valid[:, None, :]
+    diagonal = k_idx[None, :] == q_idx[:, None]
+    mask = mask | (diagonal[None] & ~mask.any(-1, keepdim=True))  # padding rows see themselves, stay finite
+    return mask[:, None]
+
+
+class PaliGemma(nn.Module):
+    def __init__(self, config: PaliGemmaConfig):
+        super().__init__()
+        self.config = config
+        self.vision = SiglipVision(config.vision)
+        self.projector = nn.Linear(config.vision.n_embd, config.text.n_embd)
+        self.language = Gemma(config.text)
+
+    def embed(self, ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, d) with the image slots replaced by projected patch features."""
+        image = self.projector(self.vision(pixels)[0])  # (B, N, d)
+        slots = ids == self.config.image_token_id
+        embeds = self.language.embed_tokens(ids.masked_fill(slots, 0))  # text scaled by sqrt(d), images not
+        return embeds.masked_scatter(slots[..., None], image.to(embeds.dtype))
+
+    def forward(self, ids: torch.Tensor, pixels: torch.Tensor, prefix: torch.Tensor, valid: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cache: KVCache | None = None):
+        """ids (B, T) with N image slots per row; pixels (B, C, H, W); prefix (B, T) True for image and prompt;
+        valid (B, T) False on padding; labels (B, T) the ids to predict, -100 where no loss (image, prompt,
+        padding). Returns logits (B, T, vocab), and with labels (logits, loss)."""
+        valid = valid if valid is not None else torch.ones_like(ids, dtype=torch.bool)
+        positions = valid.long().cumsum(-1)  # 1-indexed, padding does not count
+        logits = self.language(None, positions=positions, cache=cache, mask=prefix_lm_mask(valid, prefix),
+                               embeds=self.embed(ids, pixels))
+        if labels is None:
+            return logits
+        # the logits at t predict the token at t + 1
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return logits, loss

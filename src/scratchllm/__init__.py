@@ -11,15 +11,22 @@ __version__ = "0.1.0"
 
 def load_pretrained(path: str | Path, device: str = "cpu"):
     """A model in eval mode from a scratchllm checkpoint (or run) folder or a Hugging Face folder
-    (GPT2LMHeadModel, LlamaForCausalLM: config.json + model.safetensors or shards).
+    (GPT2LMHeadModel, LlamaForCausalLM, Qwen3, Gemma, SigLIP, PaliGemma: config.json + safetensors).
 
     `model(idx)` with idx of shape (batch, time) returns logits of shape (batch, time, vocab).
     The tokenizer, when the folder has one, is `model.tokenizer`. To train, see `scratchllm.train.run.train`.
     """
-    from scratchllm.interop.hf import is_hf_folder, load_hf
+    import json
+
+    from scratchllm.interop.hf import is_hf_folder, load_hf, load_hf_paligemma, load_hf_siglip
     from scratchllm.train.checkpoint import load_checkpoint
 
     if is_hf_folder(Path(path)):
+        kind = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        if kind in ("siglip", "siglip_vision_model", "paligemma"):
+            model = (load_hf_paligemma(path) if kind == "paligemma" else load_hf_siglip(path)).to(device)
+            model.tokenizer = None
+            return model
         model, tokenizer, _ = load_hf(path, device=device)
     else:
         model, tokenizer, _ = load_checkpoint(path, device=device)

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     e.add_argument("--device", default="cpu")
 
+    a = sub.add_parser("ask", help="answer a question about an image (a PaliGemma checkpoint)",
+                       description="Greedy answer of a PaliGemma checkpoint to a prompt about an image.")
+    a.add_argument("--checkpoint", required=True, help="a paligemma run or checkpoint folder")
+    a.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
+    a.add_argument("--prompt", required=True, help='e.g. "what color is the circle?"')
+    a.add_argument("--max-new-tokens", type=_positive_int, default=8)
+
     c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder",
                        description="Write config.json + model.safetensors (+ tokenizer.json) that transformers' from_pretrained loads.")
     c.add_argument("checkpoint", help="a run folder or checkpoint folder (gpt with bias=true, or llama)")
@@ -109,14 +116,21 @@ def cmd_train(args) -> None:
         return
     out = summary["out"]
     print(f"trained {summary['n_params']:,} parameters for {summary['step']} steps in {summary['seconds']:.0f} s "
-          f"({summary['precision']}): val loss {summary['val_loss']:.4f} ({summary['val_bpb']:.4f} bits/byte), "
-          f"best {summary['best_val']:.4f}")
-    if args.sample_tokens:
+          f"({summary['precision']}): val loss {summary['val_loss']:.4f}"
+          + (f" ({summary['val_bpb']:.4f} bits/byte)" if summary["val_bpb"] is not None else "")
+          + f", best {summary['best_val']:.4f}")
+    if summary.get("model_type") in ("siglip", "paligemma"):
+        metrics = {k: v for k, v in summary.items() if k in ("exact_match", "r@1")}
+        print("held-out " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        if summary["model_type"] == "paligemma":
+            print(f"ask it: scratchllm ask --checkpoint {out}/best --image shapes.png --prompt 'how many shapes?'")
+    elif args.sample_tokens:
         print("--- sample ---")
         _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu", None, [], True)
         print("\n--------------")
     print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png\nmetrics:    {out}/metrics.jsonl")
-    print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
+    if summary.get("model_type") not in ("siglip", "paligemma"):
+        print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
 
 
 def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, min_p, stop,
@@ -169,6 +183,20 @@ def cmd_eval(args) -> None:
     print(f"val loss {r['loss']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
           f"{r['bits_per_char']:.4f} bits/char | {r['bits_per_byte']:.4f} bits/byte "
           f"({r['tokens']:,} tokens of {r['data']})")
+
+
+def cmd_ask(args) -> None:
+    from scratchllm import load_pretrained
+    from scratchllm.data.images import ImageProcessor
+    from scratchllm.models import PaliGemma
+
+    if not args.prompt.strip():
+        raise ScratchLLMError("the prompt is empty; ask a question, e.g. --prompt 'how many shapes?'")
+    model = load_pretrained(args.checkpoint)
+    if not isinstance(model, PaliGemma):
+        raise ScratchLLMError(f"{args.checkpoint} holds a {type(model).__name__}, not a PaliGemma; train one with --preset paligemma-shapes")
+    pixels = ImageProcessor(model.config.vision.image_size).load(args.image)[None]
+    print(model.answer(model.tokenizer, pixels, [args.prompt], args.max_new_tokens)[0])
 
 
 def cmd_convert(args) -> None:
@@ -228,7 +256,7 @@ def cmd_tokenizer(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer,
-            "convert": cmd_convert}
+            "convert": cmd_convert, "ask": cmd_ask}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,8 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     for k, v in data.items():
         if isinstance(v, list) and typing.get_origin(types[k]) is tuple:
             v = tuple(v)
+        elif isinstance(v, dict) and dataclasses.is_dataclass(types[k]):
+            v = from_dict(types[k], v)  # nested configs (PaliGemma's vision and text)
         kwargs[k] = v
     return cls(**kwargs)
 

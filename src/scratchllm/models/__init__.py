@@ -12,6 +12,8 @@ from scratchllm.models.bigram import Bigram, BigramConfig
 from scratchllm.models.gpt import GPT, GPTConfig
 from scratchllm.models.gemma import Gemma, GemmaConfig
 from scratchllm.models.llama import Llama, LlamaConfig
+from scratchllm.models.paligemma import PaliGemma, PaliGemmaConfig
+from scratchllm.models.siglip import Siglip, SiglipConfig
 
 # model_type -> (model class, config class). A checkpoint's config.json names its model_type.
 MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
@@ -19,7 +21,10 @@ MODEL_TYPES: dict[str, tuple[type[nn.Module], type]] = {
     "gpt": (GPT, GPTConfig),
     "llama": (Llama, LlamaConfig),
     "gemma": (Gemma, GemmaConfig),
+    "siglip": (Siglip, SiglipConfig),
+    "paligemma": (PaliGemma, PaliGemmaConfig),
 }
+VISION_LANGUAGE = ("siglip", "paligemma")  # trained on the shapes world, with dict batches
 
 
 def config_class(model_type: str) -> type:

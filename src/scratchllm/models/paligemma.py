@@ -74,3 +74,37 @@ class PaliGemma(nn.Module):
         # the logits at t predict the token at t + 1
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         return logits, loss
+
+    @torch.no_grad()
+    def answer(self, tokenizer, pixels: torch.Tensor, prompts: list[str], max_new_tokens: int = 8) -> list[str]:
+        """Greedy answers. The image and prompt are encoded once (prefill into the KV cache, prefix-LM
+        mask); then one token per step, each seeing every real key, until <eos>."""
+        sp = tokenizer.special_tokens
+        n_patches = self.config.vision.num_patches
+        rows = [[sp["<image>"]] * n_patches + [sp["<bos>"]] + tokenizer.encode(p + "\n") for p in prompts]
+        B, L = len(rows), max(len(r) for r in rows)
+        ids = torch.full((B, L), sp["<pad>"], dtype=torch.long, device=pixels.device)
+        valid = torch.zeros(B, L, dtype=torch.bool, device=pixels.device)
+        for i, r in enumerate(rows):  # left padding: every row's prompt ends at the same position
+            ids[i, L - len(r):] = torch.tensor(r)
+            valid[i, L - len(r):] = True
+        cache = self.language.new_cache(B, L + max_new_tokens)
+        positions = valid.long().cumsum(-1)
+        logits = self.language(None, positions=positions, cache=cache, mask=prefix_lm_mask(valid, valid),
+                               embeds=self.embed(ids, pixels))[:, -1]
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        for _ in range(max_new_tokens):
+            nxt = logits.argmax(-1)  # (B,)
+            for i, t in enumerate(nxt.tolist()):
+                if not done[i]:
+                    done[i] = t == sp["<eos>"]
+                    if not done[i]:
+                        out[i].append(t)
+            if all(done):
+                break
+            positions = positions[:, -1:] + 1
+            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=valid.device)], dim=1)
+            logits = self.language(None, positions=positions, cache=cache, mask=valid[:, None, None, :],
+                                   embeds=self.language.embed_tokens(nxt[:, None]))[:, -1]
+        return [tokenizer.decode(o) for o in out]

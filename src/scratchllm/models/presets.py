@@ -9,7 +9,10 @@ from scratchllm.data.tokens import TokenizerConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.bigram import BigramConfig
 from scratchllm.models.gpt import GPTConfig
+from scratchllm.models.gemma import GemmaConfig
 from scratchllm.models.llama import LlamaConfig
+from scratchllm.models.paligemma import PaliGemmaConfig
+from scratchllm.models.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from scratchllm.train.config import TrainConfig
 
 
@@ -73,6 +76,28 @@ _register(Preset(
                 betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=20),
     TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",)),
     description="a small Llama on the same 2048-token BPE as gpt-bpe-baby",
+))
+
+# Vision-language on the shapes world (data/shapes.py), made by the project itself.
+_SHAPES_TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=380, pattern="gpt2", special_tokens=("<image>", "<bos>", "<eos>", "<pad>"))
+_register(Preset(
+    "siglip-shapes", "siglip",
+    SiglipConfig(SiglipVisionConfig(image_size=32, patch_size=4, n_embd=64, n_layer=2, n_head=4, intermediate_size=128),
+                 SiglipTextConfig(block_size=12, n_embd=64, n_layer=2, n_head=4, intermediate_size=128)),
+    TrainConfig(batch_size=64, max_steps=1500, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.01,
+                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=4, log_interval=10),
+    _SHAPES_TOKENIZER, description="SigLIP's two towers and sigmoid loss on shapes-world images and captions",
+))
+_register(Preset(
+    "paligemma-shapes", "paligemma",
+    # 8x8 patches: 16 image tokens for a 32x32 image, each shape's cell covered by 2x2 of them
+    PaliGemmaConfig(SiglipVisionConfig(image_size=32, patch_size=8, n_embd=128, n_layer=3, n_head=4, intermediate_size=256,
+                                       use_head=False),
+                    GemmaConfig(block_size=64, n_layer=3, n_head=4, n_kv_head=1, n_embd=128, head_dim=32,
+                                intermediate_size=256)),
+    TrainConfig(batch_size=64, max_steps=4000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.01,
+                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=4, log_interval=10, max_time=600.0),
+    _SHAPES_TOKENIZER, description="PaliGemma (SigLIP + Gemma, prefix-LM) answering questions about shapes-world images",
 ))
 
 # Architectures for loading Meta's / Hugging Face weights (not for training on a CPU).

@@ -13,7 +13,7 @@ from scratchllm.config import apply_overrides, from_dict, to_dict
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import TokenizerConfig, corpus_tokens
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models import build_model, config_class
+from scratchllm.models import VISION_LANGUAGE, build_model, config_class
 from scratchllm.models.presets import DEFAULT_PRESET, get_preset
 from scratchllm.tokenizers import load_tokenizer
 from scratchllm.tokenizers.io import load_tokenizer_path
@@ -57,9 +57,14 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
                                      precision=precision, compile=compile)
     model_cfg, train_cfg = configs["model"], configs["train"]
 
-    tokenizer, train_tokens, val_tokens = corpus_tokens(data, tokenizer, configs["tokenizer"], progress=progress)
-    model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    batches = TokenBatches(train_tokens, val_tokens, model_cfg.block_size, seed=train_cfg.seed)
+    extra_eval = None
+    if model_type in VISION_LANGUAGE:
+        data = "shapes"
+        model_cfg, tokenizer, batches, extra_eval = _shapes_setup(model_type, model_cfg, train_cfg, tokenizer)
+    else:
+        tokenizer, train_tokens, val_tokens = corpus_tokens(data, tokenizer, configs["tokenizer"], progress=progress)
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
+        batches = TokenBatches(train_tokens, val_tokens, model_cfg.block_size, seed=train_cfg.seed)
 
     dist_info = init_distributed(train_cfg.device)
     try:
@@ -68,10 +73,28 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
         meta = {"model_type": model_type, "model": to_dict(model_cfg), "preset": preset_name, "data": data,
                 "tokenizer": tokenizer.kind}
         trainer = Trainer(model, train_cfg, tokenizer, batches, out_dir, meta=meta,
-                          dist_info=dist_info, resume_from=folder if resume is not None else None, progress=progress)
+                          dist_info=dist_info, resume_from=folder if resume is not None else None, progress=progress,
+                          extra_eval=extra_eval)
         summary = trainer.fit()
     finally:
         shutdown(dist_info)
     summary["is_main"] = dist_info.is_main
     summary["n_params"] = sum(p.numel() for p in trainer.model.parameters())
     return summary
+
+
+def _shapes_setup(model_type: str, model_cfg, train_cfg: TrainConfig, tokenizer):
+    """The shapes world for siglip / paligemma: its tokenizer, vocabulary sizes, batches and task metric."""
+    from scratchllm.data.vision_language import ShapesBatches, exact_match, retrieval_at_1, shapes_tokenizer
+
+    tokenizer = tokenizer or shapes_tokenizer()
+    if model_type == "siglip":
+        model_cfg = dataclasses.replace(model_cfg, text=dataclasses.replace(model_cfg.text, vocab_size=tokenizer.vocab_size))
+        batches = ShapesBatches(tokenizer, model_cfg.vision.image_size, model_cfg.vision.num_patches,
+                                model_cfg.text.block_size, train_cfg.seed, task="caption", kind="siglip")
+        return model_cfg, tokenizer, batches, lambda model: {"r@1": retrieval_at_1(model, batches)}
+    text = dataclasses.replace(model_cfg.text, vocab_size=tokenizer.vocab_size)
+    model_cfg = dataclasses.replace(model_cfg, text=text, image_token_id=tokenizer.special_tokens["<image>"])
+    batches = ShapesBatches(tokenizer, model_cfg.vision.image_size, model_cfg.vision.num_patches,
+                            model_cfg.vision.num_patches + 16, train_cfg.seed, task="vqa")
+    return model_cfg, tokenizer, batches, lambda model: {"exact_match": exact_match(model, batches)}

@@ -33,8 +33,10 @@ from scratchllm.train.precision import autocast, resolve_device, resolve_precisi
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, tokenizer, batches: TokenBatches,
                  out_dir: Path, meta: dict[str, Any], dist_info: DistInfo | None = None,
-                 resume_from: Path | None = None, progress: bool = True):
-        """`meta` goes into every checkpoint's config.json: model_type, model (its config), preset, data."""
+                 resume_from: Path | None = None, progress: bool = True, extra_eval=None):
+        """`meta` goes into every checkpoint's config.json: model_type, model (its config), preset, data.
+        `extra_eval(model) -> {name: value}` adds task metrics (retrieval, exact match) to each evaluation."""
+        self.extra_eval = extra_eval
         self.cfg, self.tokenizer, self.batches = cfg, tokenizer, batches
         self.out_dir, self.dist = Path(out_dir), dist_info or DistInfo()
         self.device = resolve_device(cfg.device)
@@ -104,16 +106,32 @@ class Trainer:
         out = {}
         for split in ("train", "val"):
             nats, tokens, nbytes = 0.0, 0, 0.0
-            for x, y in self.batches.eval_batches(split, self.cfg.batch_size, self.cfg.eval_batches):
+            for batch in self.batches.eval_batches(split, self.cfg.batch_size, self.cfg.eval_batches):
                 with autocast(self.precision, self.device):
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
-                nats += loss.item() * y.numel()
-                tokens += y.numel()
-                nbytes += self.token_nbytes[y].sum().item()
+                    _, loss = self._forward(self.model, batch)
+                y = batch["labels"] if isinstance(batch, dict) else batch[1]
+                if y.dtype.is_floating_point:  # SigLIP: pair labels; its loss is a mean over images
+                    nats += loss.item() * y.size(0)
+                    tokens += y.size(0)
+                    continue
+                counted = y[y != -100]
+                nats += loss.item() * counted.numel()
+                tokens += counted.numel()
+                nbytes += self.token_nbytes[counted].sum().item()
             out[split] = nats / tokens
-            out[f"{split}_bpb"] = nats / math.log(2) / max(nbytes, 1.0)
+            out[f"{split}_bpb"] = nats / math.log(2) / nbytes if nbytes else None
+        if self.extra_eval is not None:
+            out.update(self.extra_eval(self.model))
         self.model.train()
         return out
+
+    def _forward(self, model: nn.Module, batch):
+        """A micro-batch is (inputs, targets) for language models, or a dict of keyword arguments
+        (vision-language models); either way the model returns (logits, loss)."""
+        if isinstance(batch, dict):
+            return model(**{k: v.to(self.device) for k, v in batch.items()})
+        x, y = batch
+        return model(x.to(self.device), y.to(self.device))
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -122,13 +140,13 @@ class Trainer:
             group["lr"] = lr
         micro = self.batches.draw_step(cfg.batch_size, cfg.grad_accum, self.dist.world_size, self.dist.rank)
         total = 0.0
-        for k, (x, y) in enumerate(micro):
+        for k, batch in enumerate(micro):
             last = k == len(micro) - 1
             # Under DDP, skip the gradient all-reduce on all but the last micro-batch.
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.step_model.no_sync()
             with sync:
                 with autocast(self.precision, self.device):
-                    _, loss = self.step_model(x.to(self.device), y.to(self.device))
+                    _, loss = self._forward(self.step_model, batch)
                 (loss / len(micro)).backward()
             total += loss.item() / len(micro)
         total = average(total, self.dist, self.device)
@@ -145,7 +163,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.batches.block_size
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.batches.block_size  # tokens in all
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, mininterval=0.5, desc="train")
         start = time.time()
@@ -160,10 +178,12 @@ class Trainer:
             if (self.step % cfg.eval_interval == 0 or done) and not skip_eval:
                 last_eval = self.evaluate()
                 if self.dist.is_main:
+                    extra = {k: v for k, v in last_eval.items() if k not in ("train", "val", "train_bpb", "val_bpb")}
                     self.metrics.log(kind="eval", step=self.step, train_loss=last_eval["train"], val_loss=last_eval["val"],
-                                     val_bpb=last_eval["val_bpb"], elapsed=round(time.time() - start, 3))
-                    bar.write(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f} "
-                              f"({last_eval['val_bpb']:.4f} bits/byte)")
+                                     val_bpb=last_eval["val_bpb"], **extra, elapsed=round(time.time() - start, 3))
+                    bpb = f" ({last_eval['val_bpb']:.4f} bits/byte)" if last_eval["val_bpb"] is not None else ""
+                    bar.write(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}{bpb}"
+                              + "".join(f", {k} {v:.3f}" for k, v in extra.items()))
                     self._save(last_eval["val"])
                     self.metrics.plot(self.out_dir / "loss.png", title=self.meta.get("preset", ""))
                 window_start, window_steps = time.time(), 0  # do not count evaluation time in tokens/s
@@ -184,7 +204,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
                 window_start, window_steps = time.time(), 0
         bar.close()
-        return {"step": self.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
+        return {**{k: v for k, v in last_eval.items() if k in ("exact_match", "r@1")},
+                "model_type": self.meta.get("model_type"),
+                "step": self.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
                 "val_bpb": last_eval.get("val_bpb"),
                 "best_val": self.best_val, "seconds": time.time() - start, "precision": self.precision,
                 "tokens_per_s": tokens_per_step * steps_done / train_seconds if steps_done else None,

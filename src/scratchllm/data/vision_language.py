@@ -1,0 +1,136 @@
+"""Batches for the vision-language presets: shapes-world examples as PaliGemma / SigLIP inputs.
+
+PaliGemma's sequence for one example, right-padded to a fixed length:
+
+    <image> x N_patches  <bos>  prompt  "\\n"  |  answer  <eos>  <pad> ...
+    └────────────── prefix (bidirectional) ──┘ └─ suffix (causal; the loss) ─┘
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scratchllm.data import shapes
+from scratchllm.data.images import ImageProcessor
+from scratchllm.tokenizers.bpe_train import train_bpe
+
+SPECIALS = ("<image>", "<bos>", "<eos>", "<pad>")
+
+
+def shapes_tokenizer():
+    """A small byte-level BPE trained on the shapes world's phrases: colours and shapes (which recur in
+    every template) end up one token each; rarer words take a few."""
+    return train_bpe(shapes.all_words(), vocab_size=256 + 120 + len(SPECIALS), pattern="gpt2",
+                     special_tokens=SPECIALS, progress=False)
+
+
+def paligemma_inputs(tokenizer, n_patches: int, prompts: list[str], answers: list[str] | None, length: int):
+    """ids, prefix, valid, labels (B, length): right-padded training rows, or (answers=None) prompt rows."""
+    sp = tokenizer.special_tokens
+    rows, prefixes, targets = [], [], []
+    for i, prompt in enumerate(prompts):
+        prefix = [sp["<image>"]] * n_patches + [sp["<bos>"]] + tokenizer.encode(prompt + "\n")
+        suffix = (tokenizer.encode(answers[i]) + [sp["<eos>"]]) if answers is not None else []
+        ids = (prefix + suffix)[:length]
+        rows.append(ids)
+        prefixes.append(len(prefix))
+        targets.append([-100] * len(prefix) + suffix)
+    B = len(rows)
+    ids = torch.full((B, length), sp["<pad>"], dtype=torch.long)
+    labels = torch.full((B, length), -100, dtype=torch.long)
+    prefix = torch.zeros(B, length, dtype=torch.bool)
+    valid = torch.zeros(B, length, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        labels[i, :len(row)] = torch.tensor(targets[i][:len(row)])
+        prefix[i, :prefixes[i]] = True
+        valid[i, :len(row)] = True
+    return ids, prefix, valid, labels
+
+
+class ShapesBatches:
+    """Infinite training examples drawn by seed (state: one torch generator), fixed held-out examples."""
+
+    def __init__(self, tokenizer, image_size: int, n_patches: int, length: int, seed: int, task: str = "vqa",
+                 n_held_out: int = 256, kind: str = "paligemma"):
+        self.tokenizer, self.n_patches, self.length, self.task, self.kind = tokenizer, n_patches, length, task, kind
+        self.processor = ImageProcessor(image_size)
+        self.block_size = length
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.held_out = shapes.held_out(n_held_out, task)
+        self._held_out_keys = {(e.scene, e.prompt) for e in self.held_out}
+
+    def _batch(self, examples: list[shapes.Example]) -> dict:
+        pixels = torch.stack([self.processor(e.image) for e in examples])
+        if self.kind == "siglip":
+            ids = torch.tensor([self.caption_ids(shapes.caption(e.scene)) for e in examples])
+            return {"pixels": pixels, "ids": ids, "labels": _same_caption(examples)}
+        ids, prefix, valid, labels = paligemma_inputs(self.tokenizer, self.n_patches, [e.prompt for e in examples],
+                                                      [e.answer for e in examples], self.length)
+        return {"ids": ids, "pixels": pixels, "prefix": prefix, "valid": valid, "labels": labels}
+
+    def caption_ids(self, text: str) -> list[int]:
+        """A caption as SigLIP's text tower reads it: cut or padded to a fixed length."""
+        ids = self.tokenizer.encode(text)[: self.length]
+        return ids + [self.tokenizer.special_tokens["<pad>"]] * (self.length - len(ids))
+
+    def _train_examples(self, n: int) -> list[shapes.Example]:
+        out = []
+        while len(out) < n:
+            seed = int(torch.randint(shapes.HELD_OUT_BASE, (1,), generator=self.generator))
+            e = shapes.example(seed, self.task)
+            if (e.scene, e.prompt) not in self._held_out_keys:  # held out by content, not only by seed
+                out.append(e)
+        return out
+
+    def draw_step(self, batch_size: int, grad_accum: int, world_size: int = 1, rank: int = 0):
+        examples = self._train_examples(batch_size * grad_accum * world_size)
+        return [self._batch(examples[(k * world_size + rank) * batch_size:][:batch_size]) for k in range(grad_accum)]
+
+    def eval_batches(self, split: str, batch_size: int, n_batches: int):
+        if split == "val":
+            pool = self.held_out
+        else:
+            g = torch.Generator().manual_seed(self.seed + 1)
+            pool = [shapes.example(int(torch.randint(shapes.HELD_OUT_BASE, (1,), generator=g)), self.task)
+                    for _ in range(min(len(self.held_out), batch_size * n_batches))]
+        for i in range(0, min(len(pool), batch_size * n_batches), batch_size):
+            yield self._batch(pool[i:i + batch_size])
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def _same_caption(examples: list[shapes.Example]) -> torch.Tensor:
+    """SigLIP labels (B, B): 1 where image i's caption equals caption j (repeats give several positives)."""
+    caps = [shapes.caption(e.scene) for e in examples]
+    return torch.tensor([[float(a == b) for b in caps] for a in caps])
+
+
+@torch.no_grad()
+def exact_match(model, batches: ShapesBatches, limit: int | None = None) -> float:
+    """Greedy answers to the held-out questions, compared word for word with the truth."""
+    examples = batches.held_out[:limit]
+    correct = 0
+    for i in range(0, len(examples), 64):
+        chunk = examples[i:i + 64]
+        pixels = torch.stack([batches.processor(e.image) for e in chunk])
+        answers = model.answer(batches.tokenizer, pixels, [e.prompt for e in chunk])
+        correct += sum(a.strip() == e.answer for a, e in zip(answers, chunk))
+    return correct / len(examples)
+
+
+@torch.no_grad()
+def retrieval_at_1(model, batches: ShapesBatches) -> float:
+    """Image-to-text R@1 over the held-out scenes' distinct captions: the nearest caption is the right one."""
+    examples = batches.held_out
+    captions = sorted({shapes.caption(e.scene) for e in examples})
+    pixels = torch.stack([batches.processor(e.image) for e in examples])
+    ids = torch.tensor([batches.caption_ids(c) for c in captions])
+    sims = model.embed_images(pixels) @ model.embed_texts(ids).t()
+    best = sims.argmax(dim=-1).tolist()
+    return sum(captions[b] == shapes.caption(e.scene) for b, e in zip(best, examples)) / len(examples)

@@ -3,7 +3,7 @@
 A scene is 1-3 coloured shapes (circle, square, triangle), each in its own cell of a 2x2 grid, drawn
 on a 32x32 canvas with a little jitter. Each scene comes with a caption and questions whose answers
 are one or two words: the colour of a shape, the shape of a colour, how many shapes, where a shape
-is. Held-out scenes are a fixed set that training never draws (checked by content, not by seed).
+is, and whether one shape is left of / above another. Held-out scenes are a fixed set that training never draws (checked by content, not by seed).
 """
 
 from __future__ import annotations
@@ -60,15 +60,23 @@ def caption(scene: tuple[Thing, ...]) -> str:
     return " and ".join(f"a {t.color} {t.shape}" for t in things)
 
 
-def questions(scene: tuple[Thing, ...]) -> list[tuple[str, str]]:
-    """(question, answer) pairs that the scene answers without ambiguity."""
-    qa = [("how many shapes?", COUNTS[len(scene)])]
+def questions(scene: tuple[Thing, ...]) -> dict[str, list[tuple[str, str]]]:
+    """(question, answer) pairs that the scene answers without ambiguity, by category."""
+    qa: dict[str, list[tuple[str, str]]] = {"count": [("how many shapes?", COUNTS[len(scene)])], "color": [],
+                                            "shape": [], "where": [], "relative": []}
     for t in scene:
-        qa.append((f"what color is the {t.shape}?", t.color) if sum(s.shape == t.shape for s in scene) == 1 else
-                  (f"where is the {t.color} {t.shape}?", CELLS[t.cell]))
-        qa.append((f"what shape is {t.color}?", t.shape))
-        qa.append((f"where is the {t.color} shape?", CELLS[t.cell]))
-    return qa
+        if sum(s.shape == t.shape for s in scene) == 1:
+            qa["color"].append((f"what color is the {t.shape}?", t.color))
+        qa["shape"].append((f"what shape is {t.color}?", t.shape))
+        qa["where"].append((f"where is the {t.color} shape?", CELLS[t.cell]))
+        for o in scene:  # relative position, asked only where the answer is clear
+            if o.cell[0] != t.cell[0]:
+                qa["relative"].append((f"is the {t.color} shape left of the {o.color} shape?",
+                                       "yes" if t.cell[0] < o.cell[0] else "no"))
+            if o.cell[1] != t.cell[1]:
+                qa["relative"].append((f"is the {t.color} shape above the {o.color} shape?",
+                                       "yes" if t.cell[1] < o.cell[1] else "no"))
+    return {k: v for k, v in qa.items() if v}
 
 
 @dataclass
@@ -86,8 +94,9 @@ def example(seed: int, task: str = "vqa") -> Example:
     image = render(scene, rng)
     if task == "caption":
         return Example(image, scene, "caption en", caption(scene))
-    qa = questions(scene)
-    q, a = qa[int(rng.integers(len(qa)))]
+    by_kind = questions(scene)
+    kind = list(by_kind)[int(rng.integers(len(by_kind)))]  # a category first, so each is asked often
+    q, a = by_kind[kind][int(rng.integers(len(by_kind[kind])))]
     return Example(image, scene, q, a)
 
 
@@ -101,7 +110,8 @@ def held_out(n: int, task: str = "vqa") -> list[Example]:
 def all_words() -> str:
     """Every word the world can produce, for training a tokenizer that covers it."""
     words = list(COLORS) + list(SHAPES) + list(CELLS.values()) + list(COUNTS.values())
-    lines = ["how many shapes?", "caption en", "a", "and"] + [
-        f"what color is the {s}? what shape is {c}? where is the {c} {s}? where is the {c} shape? a {c} {s}"
-        for c in COLORS for s in SHAPES]
+    lines = ["how many shapes?", "caption en", "a", "and", "yes", "no"] + [
+        f"what color is the {s}? what shape is {c}? where is the {c} shape? a {c} {s}"
+        for c in COLORS for s in SHAPES] + [
+        f"is the {c} shape left of the {d} shape? is the {c} shape above the {d} shape?" for c in COLORS for d in COLORS]
     return "\n".join(lines + words)

@@ -20,7 +20,7 @@ SPECIALS = ("<image>", "<bos>", "<eos>", "<pad>")
 def shapes_tokenizer():
     """A small byte-level BPE trained on the shapes world's phrases: colours and shapes (which recur in
     every template) end up one token each; rarer words take a few."""
-    return train_bpe(shapes.all_words(), vocab_size=256 + 120 + len(SPECIALS), pattern="gpt2",
+    return train_bpe(shapes.all_words(), vocab_size=256 + 160 + len(SPECIALS), pattern="gpt2",
                      special_tokens=SPECIALS, progress=False)
 
 

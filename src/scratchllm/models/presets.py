@@ -79,7 +79,7 @@ _register(Preset(
 ))
 
 # Vision-language on the shapes world (data/shapes.py), made by the project itself.
-_SHAPES_TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=380, pattern="gpt2", special_tokens=("<image>", "<bos>", "<eos>", "<pad>"))
+_SHAPES_TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=420, pattern="gpt2", special_tokens=("<image>", "<bos>", "<eos>", "<pad>"))
 _register(Preset(
     "siglip-shapes", "siglip",
     SiglipConfig(SiglipVisionConfig(image_size=32, patch_size=4, n_embd=64, n_layer=2, n_head=4, intermediate_size=128),
@@ -95,8 +95,8 @@ _register(Preset(
                                        use_head=False),
                     GemmaConfig(block_size=64, n_layer=3, n_head=4, n_kv_head=1, n_embd=128, head_dim=32,
                                 intermediate_size=256)),
-    TrainConfig(batch_size=64, max_steps=4000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.01,
-                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=4, log_interval=10, max_time=600.0),
+    TrainConfig(batch_size=64, max_steps=6000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.01,
+                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=500, eval_batches=4, log_interval=10, max_time=600.0),
     _SHAPES_TOKENIZER, description="PaliGemma (SigLIP + Gemma, prefix-LM) answering questions about shapes-world images",
 ))
 

@@ -10,6 +10,7 @@ from conftest import shared_file
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import (RMSNorm, RopeScaling, apply_rope, interleaved_to_halves, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
+from scratchllm.layers.rope import rotate_half
 from scratchllm.models import LlamaConfig
 
 
@@ -32,6 +33,8 @@ def test_meta_interleaved_weights_convert_to_the_split_halves_layout():
     q_hf = (x @ interleaved_to_halves(wq_meta, n_heads).t()).view(1, T, n_heads, d).transpose(1, 2)
     cos, sin = rope_cos_sin(torch.arange(T)[None], inverse_frequencies(d, 10000.0))
     rotated_hf = apply_rope(q_hf, cos, sin)[0].transpose(0, 1)  # (T, H, d)
+    plain = (q_hf * cos + rotate_half(q_hf) * torch.cat([-sin[..., :d // 2], sin[..., d // 2:]], -1)).transpose(1, 2)[0]
+    assert torch.equal(rotated_hf, plain)  # the roll form gives exactly rotate_half's numbers
     # the same rotation, with each head's channels reordered (0, 2, 4, ..., 1, 3, 5, ...)
     order = torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
     torch.testing.assert_close(rotated_hf, rotated_meta[..., order], atol=1e-5, rtol=1e-5)

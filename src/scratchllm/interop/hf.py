@@ -120,8 +120,8 @@ def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c, prefix: 
         a = h + "self_attn."
         out[b + "attn.qkv.weight"] = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]])
         out[b + "attn.proj.weight"] = sd[a + "o_proj.weight"]
-        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-            out[f"{b}mlp.{ours}.weight"] = sd[f"{h}mlp.{theirs}.weight"]
+        out[f"{b}mlp.gate_up.weight"] = torch.cat([sd[f"{h}mlp.gate_proj.weight"], sd[f"{h}mlp.up_proj.weight"]])
+        out[f"{b}mlp.down.weight"] = sd[f"{h}mlp.down_proj.weight"]
         out[b + "attn_norm.weight"] = sd[h + "input_layernorm.weight"]
         out[b + "mlp_norm.weight"] = sd[h + "post_attention_layernorm.weight"]
         if c.qk_norm:
@@ -155,8 +155,9 @@ def state_dict_to_hf(model_type: str, sd: dict[str, torch.Tensor], c) -> dict[st
         a = h + "self_attn."
         out[a + "q_proj.weight"], out[a + "k_proj.weight"], out[a + "v_proj.weight"] = q.contiguous(), k.contiguous(), v.contiguous()
         out[a + "o_proj.weight"] = sd[b + "attn.proj.weight"]
-        for ours, theirs in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-            out[f"{h}mlp.{theirs}.weight"] = sd[f"{b}mlp.{ours}.weight"]
+        gate, up = sd[f"{b}mlp.gate_up.weight"].chunk(2)
+        out[f"{h}mlp.gate_proj.weight"], out[f"{h}mlp.up_proj.weight"] = gate.contiguous(), up.contiguous()
+        out[f"{h}mlp.down_proj.weight"] = sd[f"{b}mlp.down.weight"]
         out[h + "input_layernorm.weight"] = sd[b + "attn_norm.weight"]
         out[h + "post_attention_layernorm.weight"] = sd[b + "mlp_norm.weight"]
     return out

@@ -46,10 +46,13 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScali
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for position ids (B, T): each (B, T, head_dim), the d/2 angles repeated for both halves."""
+    """cos and signed sin for position ids (B, T): each (B, 1, T, head_dim), ready for every head.
+
+    The d/2 angles are repeated for both halves; the sin of the first half is negated, so that
+    `apply_rope` can replace rotate_half (split, negate, concatenate) with a single roll."""
     angles = positions.float()[..., None] * inv_freq.to(positions.device)  # (B, T, d/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (B, T, d)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1)[:, None], torch.cat([-sin, sin], dim=-1)[:, None]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -57,10 +60,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, d); cos, sin: (B, T, d). Rotates in the dtype of cos/sin (fp32), returns x's dtype."""
-    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): the same angles for every head
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, d); cos, signed_sin: (B, 1, T, d) from `rope_cos_sin`. Returns x's dtype.
+
+    x * cos + rotate_half(x) * sin, computed as x * cos + roll(x, d/2) * [-sin, sin]: the same
+    numbers (a sign moves from one factor to the other), one op instead of three."""
+    return (x * cos + torch.roll(x, x.size(-1) // 2, dims=-1) * signed_sin).to(x.dtype)
 
 
 def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:

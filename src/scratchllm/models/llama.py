@@ -106,7 +106,7 @@ class Llama(nn.Module):
         if self._rope is None or self._rope[0].size(0) < n or self._rope[0].device != self.inv_freq.device:
             size = max(n, min(self.config.block_size, 4096))
             cos, sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device)[None], self.inv_freq)
-            self._rope = (cos[0], sin[0])
+            self._rope = (cos[0, 0], sin[0, 0])
         return self._rope
 
     def embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
@@ -131,8 +131,8 @@ class Llama(nn.Module):
             if start + T > self.config.block_size and cache is None:
                 raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
             positions = torch.arange(start, start + T, device=device).expand(B, T)
-        rope = self._rope_tables(int(positions.max()) + 1)
-        rope = (rope[0][positions], rope[1][positions])  # (B, T, head_dim) each
+        cos, sin = self._rope_tables(int(positions.max()) + 1)
+        rope = (cos[positions][:, None], sin[positions][:, None])  # (B, 1, T, head_dim): once for all layers
         x = self.embed_tokens(idx) if embeds is None else embeds  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask)

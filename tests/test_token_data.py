@@ -79,3 +79,21 @@ def test_bpe_cli_end_to_end(tmp_path, small_corpus, capsys):
     assert main(["eval", "--checkpoint", str(out), "--data", str(small_corpus)]) == 0  # raw text: encoded on the fly
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "nope"), "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_special_tokens_count_no_bytes_in_bits_per_byte(small_corpus, tmp_path):
+    """<|endoftext|> stands for no text: its spelling must not inflate the byte count."""
+    import torch
+
+    from scratchllm.data.batches import TokenBatches
+    from scratchllm.models import build_model
+    from scratchllm.train.config import TrainConfig
+    from scratchllm.train.trainer import Trainer
+
+    tok = train_bpe(small_corpus.read_text(), 300, "gpt2", ["<|endoftext|>"], progress=False)
+    ids = np.asarray(tok.encode_ordinary(small_corpus.read_text()), dtype=np.uint16)
+    model = build_model("gpt", {"vocab_size": tok.vocab_size, "block_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2})
+    trainer = Trainer(model, TrainConfig(), tok, TokenBatches(ids, ids, 16, 0), tmp_path, {}, progress=False)
+    assert trainer.token_nbytes[tok.special_tokens["<|endoftext|>"]] == 0
+    assert trainer.token_nbytes[tok.encode_ordinary(" the")[0]] == len(tok.token_bytes(tok.encode_ordinary(" the")[0]))
+    assert torch.all(trainer.token_nbytes[:256] == 1)

@@ -14,6 +14,12 @@ from scratchllm.models import GemmaConfig, PaliGemma, PaliGemmaConfig
 from scratchllm.models.siglip import SiglipVisionConfig
 
 
+def preset_tokenizer():
+    from scratchllm.models.presets import get_preset
+
+    return shapes_tokenizer(get_preset("paligemma-shapes").tokenizer)
+
+
 def test_shapes_world_is_seeded_and_held_out_by_content():
     a, b = shapes.example(7), shapes.example(7)
     assert a.scene == b.scene and a.prompt == b.prompt and np.array_equal(np.asarray(a.image), np.asarray(b.image))
@@ -21,17 +27,24 @@ def test_shapes_world_is_seeded_and_held_out_by_content():
     for e in (shapes.example(i) for i in range(200)):
         assert any((e.prompt, e.answer) in qa for qa in shapes.questions(e.scene).values())
         assert len({t.cell for t in e.scene}) == len(e.scene)
-    batches = ShapesBatches(shapes_tokenizer(), 32, 64, 80, seed=0, n_held_out=64)
+    batches = ShapesBatches(preset_tokenizer(), 32, 64, 80, seed=0, n_held_out=64)
     held = {(e.scene, e.prompt) for e in batches.held_out}
     assert not any((e.scene, e.prompt) in held for e in batches._train_examples(500))
 
 
 def test_colour_and_shape_words_are_single_tokens():
-    tok = shapes_tokenizer()
+    tok = preset_tokenizer()
     for word in list(shapes.COLORS) + list(shapes.SHAPES):
         assert len(tok.encode(" " + word)) == 1, word
     for answer in list(shapes.CELLS.values()) + list(shapes.COUNTS.values()) + ["yes", "no"]:
         assert tok.decode(tok.encode(answer)) == answer
+
+
+def test_shapes_tokenizer_needs_its_special_tokens():
+    from scratchllm.data.tokens import TokenizerConfig
+
+    with pytest.raises(ScratchLLMError, match="needs the special tokens <bos>, <eos>, <pad>"):
+        shapes_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300, pattern="gpt2", special_tokens=("<image>",)))
 
 
 def test_image_processor(tmp_path):
@@ -53,7 +66,7 @@ def tiny_paligemma(vocab):
 
 
 def test_cached_answers_equal_full_recomputation():
-    tok = shapes_tokenizer()
+    tok = preset_tokenizer()
     model = tiny_paligemma(tok.vocab_size)
     model.config.image_token_id = tok.special_tokens["<image>"]
     pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))

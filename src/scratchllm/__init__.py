@@ -16,18 +16,11 @@ def load_pretrained(path: str | Path, device: str = "cpu"):
     `model(idx)` with idx of shape (batch, time) returns logits of shape (batch, time, vocab).
     The tokenizer, when the folder has one, is `model.tokenizer`. To train, see `scratchllm.train.run.train`.
     """
-    import json
-
-    from scratchllm.interop.hf import is_hf_folder, load_hf, load_hf_paligemma, load_hf_siglip
+    from scratchllm.interop.hf import is_hf_folder, load_hf_folder
     from scratchllm.train.checkpoint import load_checkpoint
 
     if is_hf_folder(Path(path)):
-        kind = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-        if kind in ("siglip", "siglip_vision_model", "paligemma"):
-            model = (load_hf_paligemma(path) if kind == "paligemma" else load_hf_siglip(path)).to(device)
-            model.tokenizer = None
-            return model
-        model, tokenizer, _ = load_hf(path, device=device)
+        model, tokenizer = load_hf_folder(path, device=device)
     else:
         model, tokenizer, _ = load_checkpoint(path, device=device)
     model.tokenizer = tokenizer

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> None:
+    from scratchllm.models import VISION_LANGUAGE
     from scratchllm.train.run import train
 
     summary = train(preset=args.preset, data=args.data, out=args.out, overrides=args.overrides,
@@ -119,9 +120,9 @@ def cmd_train(args) -> None:
           f"({summary['precision']}): val loss {summary['val_loss']:.4f}"
           + (f" ({summary['val_bpb']:.4f} bits/byte)" if summary["val_bpb"] is not None else "")
           + f", best {summary['best_val']:.4f}")
-    if summary.get("model_type") in ("siglip", "paligemma"):
-        metrics = {k: v for k, v in summary.items() if k in ("exact_match", "r@1")}
-        print("held-out " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    vision_language = summary["model_type"] in VISION_LANGUAGE
+    if vision_language:
+        print("held-out " + ", ".join(f"{k} {v:.3f}" for k, v in summary["metrics"].items()))
         if summary["model_type"] == "paligemma":
             print(f"ask it: scratchllm ask --checkpoint {out}/best --image shapes.png --prompt 'how many shapes?'")
     elif args.sample_tokens:
@@ -129,7 +130,7 @@ def cmd_train(args) -> None:
         _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu", None, [], True)
         print("\n--------------")
     print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png\nmetrics:    {out}/metrics.jsonl")
-    if summary.get("model_type") not in ("siglip", "paligemma"):
+    if not vision_language:
         print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
 
 
@@ -162,7 +163,7 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
         stop_ids.append(encoded[0])
     stream = TextStream(tokenizer)
     sys.stdout.write(prompt)
-    for token in generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, device, min_p, stop_ids, use_cache):
+    for token in generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, min_p, stop_ids, use_cache):
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush())

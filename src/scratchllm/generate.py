@@ -122,9 +122,8 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
 
 def generate(model: nn.Module, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             device: str | torch.device | None = None, min_p: float | None = None,
-             stop_tokens: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:
-    """One prompt: yield new token ids one at a time (a streaming iterator)."""
+             min_p: float | None = None, stop_tokens: Sequence[int] = (), use_cache: bool = True) -> Iterator[int]:
+    """One prompt: yield new token ids one at a time (a streaming iterator), on the model's device."""
     for step in generate_batch(model, [prompt_ids], max_new_tokens, temperature, top_k, top_p, min_p,
                                stop_tokens, seed, use_cache):
         if step[0] is None:

@@ -32,8 +32,7 @@ class TokenBatches:
                 raise ScratchLLMError(
                     f"the {name} split has {len(part)} tokens, fewer than block_size + 1 = {block_size + 1}; "
                     "use a longer corpus or a smaller block_size (--set block_size=N)")
-        self.splits = {"train": np.asarray(train) if not isinstance(train, np.ndarray) else train,
-                       "val": np.asarray(val) if not isinstance(val, np.ndarray) else val}
+        self.splits = {"train": np.asarray(train), "val": np.asarray(val)}  # memmaps stay views, not copies
         self.block_size = block_size
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)

@@ -3,7 +3,8 @@
 A scene is 1-3 coloured shapes (circle, square, triangle), each in its own cell of a 2x2 grid, drawn
 on a 32x32 canvas with a little jitter. Each scene comes with a caption and questions whose answers
 are one or two words: the colour of a shape, the shape of a colour, how many shapes, where a shape
-is, and whether one shape is left of / above another. Held-out scenes are a fixed set that training never draws (checked by content, not by seed).
+is, and whether one shape is left of / above another. Held-out scenes are a fixed set that training
+never draws (checked by content, not by seed).
 """
 
 from __future__ import annotations

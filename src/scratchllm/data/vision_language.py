@@ -12,16 +12,20 @@ import torch
 
 from scratchllm.data import shapes
 from scratchllm.data.images import ImageProcessor
+from scratchllm.data.tokens import TokenizerConfig
+from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizers.bpe_train import train_bpe
 
-SPECIALS = ("<image>", "<bos>", "<eos>", "<pad>")
+SPECIALS = ("<image>", "<bos>", "<eos>", "<pad>")  # the sequences below need all four
 
 
-def shapes_tokenizer():
-    """A small byte-level BPE trained on the shapes world's phrases: colours and shapes (which recur in
-    every template) end up one token each; rarer words take a few."""
-    return train_bpe(shapes.all_words(), vocab_size=256 + 160 + len(SPECIALS), pattern="gpt2",
-                     special_tokens=SPECIALS, progress=False)
+def shapes_tokenizer(config: TokenizerConfig):
+    """A small byte-level BPE (a preset's tokenizer settings) trained on the shapes world's phrases:
+    colours and shapes (which recur in every template) end up one token each; rarer words take a few."""
+    missing = [s for s in SPECIALS if s not in config.special_tokens]
+    if missing:
+        raise ScratchLLMError(f"the shapes tokenizer needs the special tokens {', '.join(missing)}")
+    return train_bpe(shapes.all_words(), config.vocab_size, config.pattern, config.special_tokens, progress=False)
 
 
 def paligemma_inputs(tokenizer, n_patches: int, prompts: list[str], answers: list[str] | None, length: int):
@@ -75,10 +79,12 @@ class ShapesBatches:
         ids = self.tokenizer.encode(text)[: self.length]
         return ids + [self.tokenizer.special_tokens["<pad>"]] * (self.length - len(ids))
 
-    def _train_examples(self, n: int) -> list[shapes.Example]:
+    def _train_examples(self, n: int, generator: torch.Generator | None = None) -> list[shapes.Example]:
+        """n training examples, drawn by seed from `generator` (default: the sampler's own)."""
+        generator = generator or self.generator
         out = []
         while len(out) < n:
-            seed = int(torch.randint(shapes.HELD_OUT_BASE, (1,), generator=self.generator))
+            seed = int(torch.randint(shapes.HELD_OUT_BASE, (1,), generator=generator))
             e = shapes.example(seed, self.task)
             if (e.scene, e.prompt) not in self._held_out_keys:  # held out by content, not only by seed
                 out.append(e)
@@ -91,10 +97,9 @@ class ShapesBatches:
     def eval_batches(self, split: str, batch_size: int, n_batches: int):
         if split == "val":
             pool = self.held_out
-        else:
-            g = torch.Generator().manual_seed(self.seed + 1)
-            pool = [shapes.example(int(torch.randint(shapes.HELD_OUT_BASE, (1,), generator=g)), self.task)
-                    for _ in range(min(len(self.held_out), batch_size * n_batches))]
+        else:  # training examples, the same ones at every evaluation
+            pool = self._train_examples(min(len(self.held_out), batch_size * n_batches),
+                                        torch.Generator().manual_seed(self.seed + 1))
         for i in range(0, min(len(pool), batch_size * n_batches), batch_size):
             yield self._batch(pool[i:i + batch_size])
 

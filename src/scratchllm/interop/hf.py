@@ -81,7 +81,7 @@ def config_to_hf(model_type: str, c) -> dict[str, Any]:
         out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
                "max_position_embeddings": c.block_size, "hidden_size": c.n_embd, "intermediate_size": c.hidden_dim,
                "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
-               "head_dim": c.head_dim or c.n_embd // c.n_head, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+               "head_dim": c.head_size, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
                "rope_theta": c.rope_theta, "attention_bias": False, "mlp_bias": False,
                "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32"}
         if c.qk_norm:
@@ -148,7 +148,7 @@ def state_dict_to_hf(model_type: str, sd: dict[str, torch.Tensor], c) -> dict[st
     out[p + "embed_tokens.weight"], out[p + "norm.weight"] = sd["embed.weight"], sd["norm.weight"]
     if not c.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
-    head_dim = c.head_dim or c.n_embd // c.n_head
+    head_dim = c.head_size
     for i in range(c.n_layer):
         h, b = f"{p}layers.{i}.", f"blocks.{i}."
         q, k, v = sd[b + "attn.qkv.weight"].split([c.n_head * head_dim, c.n_kv_head * head_dim, c.n_kv_head * head_dim])
@@ -342,3 +342,14 @@ def load_hf_paligemma(folder: str | Path):
     model = PaliGemma(cfg)
     model.load_state_dict(ours, strict=True)
     return model.eval()
+
+
+def load_hf_folder(folder: str | Path, device: str = "cpu"):
+    """(model in eval mode, tokenizer or None) from any Hugging Face folder this module reads."""
+    kind = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    if kind == "paligemma":
+        return load_hf_paligemma(folder).to(device), None
+    if kind in ("siglip", "siglip_vision_model"):
+        return load_hf_siglip(folder).to(device), None
+    model, tokenizer, _ = load_hf(folder, device=device)
+    return model, tokenizer

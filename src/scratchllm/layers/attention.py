@@ -58,15 +58,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
     S = k.size(-2)
     if causal and T == 1 and mask is None:
         causal = False  # one query at the last position sees every key
-    if mask is None and causal and T != S:
-        mask = causal_mask(T, S, q.device)
+    if mask is None and causal and (T != S or not use_fused_kernel(q, k)):
+        mask = causal_mask(T, S, q.device)  # the fused kernel's is_causal covers only T == S
     if use_fused_kernel(q, k):
         gqa = {"enable_gqa": True} if n_rep > 1 else {}  # kv heads are shared, never copied
         if mask is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, **gqa)
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale, **gqa)
-    if causal and mask is None:
-        mask = causal_mask(T, S, q.device)
     if n_rep > 1:
         # grouped-query attention without copying k and v: the n_rep query heads of a group become
         # n_rep * T rows against their shared kv head. (B, H, T, D) -> (B, KV, n_rep * T, D)
@@ -105,7 +103,6 @@ class Attention(nn.Module):
         causal: bool = True,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
-        out_bias: bool | None = None,
     ):
         super().__init__()
         n_kv_heads = n_kv_heads or n_heads
@@ -118,7 +115,7 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.causal, self.dropout = causal, dropout
         self.qkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.proj = nn.Linear(n_heads * head_dim, dim, bias=bias if out_bias is None else out_bias)
+        self.proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None

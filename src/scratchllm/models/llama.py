@@ -54,12 +54,16 @@ class LlamaConfig:
             raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd a multiple of n_head or set head_dim")
         if self.n_head % self.n_kv_head:
             raise ScratchLLMError(f"n_kv_head={self.n_kv_head} does not divide n_head={self.n_head}; use a divisor of n_head")
-        if (self.head_dim or self.n_embd // self.n_head) % 2:
+        if self.head_size % 2:
             raise ScratchLLMError("RoPE needs an even head_dim")
 
     @property
     def hidden_dim(self) -> int:
         return self.intermediate_size or llama_hidden_dim(self.n_embd, self.multiple_of, self.ffn_dim_multiplier)
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
     @property
     def rope_scaling(self) -> Optional[RopeScaling]:
@@ -93,11 +97,10 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        head_dim = c.head_dim or c.n_embd // c.n_head
-        self.register_buffer("inv_freq", inverse_frequencies(head_dim, c.rope_theta, c.rope_scaling), persistent=False)
+        self.register_buffer("inv_freq", inverse_frequencies(c.head_size, c.rope_theta, c.rope_scaling), persistent=False)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         for name, p in self.named_parameters():
-            if p.dim() >= 2:  # small normal init (RMSNorm gains keep their identity init); residual outputs scaled down by depth, as GPT-2
+            if p.dim() >= 2:  # small normal init, residual outputs scaled down by depth (as GPT-2); norms keep theirs
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
@@ -117,7 +120,7 @@ class Llama(nn.Module):
 
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
         c = self.config
-        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_dim or c.n_embd // c.n_head, dtype, self.embed.weight.device)
+        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_size, dtype, self.embed.weight.device)
 
     def forward(self, idx: torch.Tensor | None, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None):

@@ -60,7 +60,8 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
     extra_eval = None
     if model_type in VISION_LANGUAGE:
         data = "shapes"
-        model_cfg, tokenizer, batches, extra_eval = _shapes_setup(model_type, model_cfg, train_cfg, tokenizer)
+        model_cfg, tokenizer, batches, extra_eval = _shapes_setup(model_type, model_cfg, train_cfg, tokenizer,
+                                                                  configs["tokenizer"])
     else:
         tokenizer, train_tokens, val_tokens = corpus_tokens(data, tokenizer, configs["tokenizer"], progress=progress)
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tokenizer.vocab_size)
@@ -83,11 +84,11 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
     return summary
 
 
-def _shapes_setup(model_type: str, model_cfg, train_cfg: TrainConfig, tokenizer):
+def _shapes_setup(model_type: str, model_cfg, train_cfg: TrainConfig, tokenizer, tokenizer_cfg: TokenizerConfig):
     """The shapes world for siglip / paligemma: its tokenizer, vocabulary sizes, batches and task metric."""
     from scratchllm.data.vision_language import ShapesBatches, exact_match, retrieval_at_1, shapes_tokenizer
 
-    tokenizer = tokenizer or shapes_tokenizer()
+    tokenizer = tokenizer or shapes_tokenizer(tokenizer_cfg)  # a resumed run brings its own
     if model_type == "siglip":
         model_cfg = dataclasses.replace(model_cfg, text=dataclasses.replace(model_cfg.text, vocab_size=tokenizer.vocab_size))
         batches = ShapesBatches(tokenizer, model_cfg.vision.image_size, model_cfg.vision.num_patches,

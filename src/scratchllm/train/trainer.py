@@ -45,9 +45,11 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.progress = progress and self.dist.is_main
         self.meta = {**meta, "train": to_dict(cfg)}
-        # bytes each token stands for, so evaluations also report bits per byte (comparable across tokenizers)
-        self.token_nbytes = torch.tensor([len(_token_bytes(tokenizer, i)) for i in range(tokenizer.vocab_size)],
-                                         dtype=torch.float64)
+        # bytes of text each token stands for, so evaluations also report bits per byte (comparable across
+        # tokenizers); a special token (<eos>, <|endoftext|>) stands for no text
+        specials = set(getattr(tokenizer, "special_tokens", {}).values())
+        self.token_nbytes = torch.tensor([0 if i in specials else len(_token_bytes(tokenizer, i))
+                                          for i in range(tokenizer.vocab_size)], dtype=torch.float64)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.best_val = 0, math.inf
@@ -163,7 +165,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.batches.block_size  # tokens in all
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.batches.block_size
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, mininterval=0.5, desc="train")
         start = time.time()
@@ -178,7 +180,7 @@ class Trainer:
             if (self.step % cfg.eval_interval == 0 or done) and not skip_eval:
                 last_eval = self.evaluate()
                 if self.dist.is_main:
-                    extra = {k: v for k, v in last_eval.items() if k not in ("train", "val", "train_bpb", "val_bpb")}
+                    extra = _task_metrics(last_eval)
                     self.metrics.log(kind="eval", step=self.step, train_loss=last_eval["train"], val_loss=last_eval["val"],
                                      val_bpb=last_eval["val_bpb"], **extra, elapsed=round(time.time() - start, 3))
                     bpb = f" ({last_eval['val_bpb']:.4f} bits/byte)" if last_eval["val_bpb"] is not None else ""
@@ -204,13 +206,17 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
                 window_start, window_steps = time.time(), 0
         bar.close()
-        return {**{k: v for k, v in last_eval.items() if k in ("exact_match", "r@1")},
-                "model_type": self.meta.get("model_type"),
+        return {"metrics": _task_metrics(last_eval), "model_type": self.meta.get("model_type"),
                 "step": self.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
                 "val_bpb": last_eval.get("val_bpb"),
                 "best_val": self.best_val, "seconds": time.time() - start, "precision": self.precision,
                 "tokens_per_s": tokens_per_step * steps_done / train_seconds if steps_done else None,
                 "out": str(self.out_dir)}
+
+
+def _task_metrics(evaluation: dict[str, float]) -> dict[str, float]:
+    """What `extra_eval` added to an evaluation (exact match, R@1), apart from the losses."""
+    return {k: v for k, v in evaluation.items() if k not in ("train", "val", "train_bpb", "val_bpb")}
 
 
 def _token_bytes(tokenizer, i: int) -> bytes:

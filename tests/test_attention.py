@@ -62,10 +62,10 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     gqa = Attention(32, n_heads=4, n_kv_heads=2)
     mha = Attention(32, n_heads=4)
     D = 8
-    wq, wk, wv = gqa.qkv.weight.split([4 * D, 2 * D, 2 * D])
-    rep = lambda w: w.view(2, D, 32).repeat_interleave(2, dim=0).reshape(4 * D, 32)
+    wq, wk, wv = gqa.qkv.weight.split([4 * D, 2 * D, 2 * D], dim=1)  # (in, out): heads are column blocks
+    rep = lambda w: w.view(32, 2, D).repeat_interleave(2, dim=1).reshape(32, 4 * D)
     with torch.no_grad():
-        mha.qkv.weight.copy_(torch.cat([wq, rep(wk), rep(wv)]))
+        mha.qkv.weight.copy_(torch.cat([wq, rep(wk), rep(wv)], dim=1))
         mha.proj.weight.copy_(gqa.proj.weight)
     x = torch.randn(2, 6, 32)
     torch.testing.assert_close(gqa(x), mha(x))

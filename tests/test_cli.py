@@ -1,5 +1,6 @@
 """The command line as a user meets it: help everywhere, one-line errors with a non-zero exit, no tracebacks."""
 
+import json
 import shutil
 
 import pytest
@@ -86,6 +87,12 @@ def test_sample_bad_inputs(capsys, checkpoint, tmp_path):
     one_line_error(capsys, ["eval", "--checkpoint", str(broken)], "is corrupt or truncated")
     (broken / "config.json").write_text("{")
     one_line_error(capsys, ["sample", "--checkpoint", str(broken)], "config.json is unreadable or not JSON")
+    older = tmp_path / "older"  # written before Linear weights were stored (in, out): refused, not misread
+    shutil.copytree(checkpoint / "latest", older)
+    meta = json.loads((older / "config.json").read_text())
+    del meta["format_version"]
+    (older / "config.json").write_text(json.dumps(meta))
+    one_line_error(capsys, ["sample", "--checkpoint", str(older)], "older scratchllm that stored linear weights transposed")
 
 
 def test_console_errors_have_no_traceback(tmp_path):

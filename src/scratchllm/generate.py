@@ -94,18 +94,18 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     generator = torch.Generator(device=device)
     generator.manual_seed(seed) if seed is not None else generator.seed()
     batch = _Batch([list(p)[-context:] for p in prompts], device)
-    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    stops = set(stop_tokens)
+    done = [False] * len(prompts)  # kept in Python: a step's tokens come to the CPU anyway, to be yielded
 
     use_cache = use_cache and hasattr(model, "new_cache")  # a bigram has nothing to cache
     cache = model.new_cache(len(prompts), context) if use_cache else None
     logits = _forward_full(model, batch, cache)
     for _ in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator, min_p)
-        if len(stops):
-            done = done | torch.isin(nxt, stops)
-        yield [None if d else int(t) for t, d in zip(nxt.tolist(), done.tolist())]
-        if bool(done.all()):
+        tokens = nxt.tolist()
+        done = [d or t in stops for t, d in zip(tokens, done)]
+        yield [None if d else t for t, d in zip(tokens, done)]
+        if all(done):
             return
         batch.append(nxt)
         if batch.ids.size(1) > context:  # the context is full: slide to the last half and prefill again

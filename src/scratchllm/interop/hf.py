@@ -3,8 +3,10 @@
 A folder is `config.json` + `model.safetensors` (or shards listed in `model.safetensors.index.json`),
 with `tokenizer.json` or a tiktoken `tokenizer.model` beside it when present. The maps below are the
 whole story: which tensor goes where, and the two layout changes:
-  - GPT-2 stores its linear weights as Conv1D, (in, out): transposed against nn.Linear's (out, in);
-  - both store q, k and v as separate (GPT-2: one fused) projections; ours is one fused `qkv`.
+  - our Linear stores its weight (in, out) (see layers/linear.py), as GPT-2's Conv1D does; the
+    nn.Linear weights of Llama, Gemma and SigLIP are (out, in), so they are transposed (`_t`);
+  - Llama and SigLIP store q, k and v as separate projections (GPT-2 as one); ours is one fused `qkv`;
+  - a tied output head is the embedding table itself: it has no tensor of its own.
 Llama's q and k rows are already in the split-halves RoPE layout our RoPE uses (see layers/rope.py).
 """
 
@@ -96,6 +98,11 @@ def config_to_hf(model_type: str, c) -> dict[str, Any]:
 
 # -- state dicts -----------------------------------------------------------------------------------
 
+def _t(w: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's (out, in) weight <-> our Linear's (in, out)."""
+    return w.t().contiguous()
+
+
 def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """Our names from theirs. `prefix` is where a Llama-style decoder's tensors sit (default "model.")."""
     out: dict[str, torch.Tensor] = {}
@@ -109,19 +116,20 @@ def state_dict_from_hf(model_type: str, sd: dict[str, torch.Tensor], c, prefix: 
                 out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"], sd[h + theirs + ".bias"]
             for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
                                  ("mlp.proj", "mlp.c_proj")):
-                out[b + ours + ".weight"] = sd[h + theirs + ".weight"].t().contiguous()  # Conv1D (in, out) -> (out, in)
+                out[b + ours + ".weight"] = sd[h + theirs + ".weight"]  # Conv1D is (in, out) already
                 out[b + ours + ".bias"] = sd[h + theirs + ".bias"]
         return out
     p = prefix if prefix is not None else "model."
     out["embed.weight"], out["norm.weight"] = sd[p + "embed_tokens.weight"], sd[p + "norm.weight"]
-    out["lm_head.weight"] = sd.get("lm_head.weight", sd[p + "embed_tokens.weight"])
+    if not c.tie_embeddings:
+        out["lm_head.weight"] = _t(sd.get("lm_head.weight", sd[p + "embed_tokens.weight"]))
     for i in range(c.n_layer):
         h, b = f"{p}layers.{i}.", f"blocks.{i}."
         a = h + "self_attn."
-        out[b + "attn.qkv.weight"] = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]])
-        out[b + "attn.proj.weight"] = sd[a + "o_proj.weight"]
-        out[f"{b}mlp.gate_up.weight"] = torch.cat([sd[f"{h}mlp.gate_proj.weight"], sd[f"{h}mlp.up_proj.weight"]])
-        out[f"{b}mlp.down.weight"] = sd[f"{h}mlp.down_proj.weight"]
+        out[b + "attn.qkv.weight"] = _t(torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]]))
+        out[b + "attn.proj.weight"] = _t(sd[a + "o_proj.weight"])
+        out[f"{b}mlp.gate_up.weight"] = _t(torch.cat([sd[f"{h}mlp.gate_proj.weight"], sd[f"{h}mlp.up_proj.weight"]]))
+        out[f"{b}mlp.down.weight"] = _t(sd[f"{h}mlp.down_proj.weight"])
         out[b + "attn_norm.weight"] = sd[h + "input_layernorm.weight"]
         out[b + "mlp_norm.weight"] = sd[h + "post_attention_layernorm.weight"]
         if c.qk_norm:
@@ -141,23 +149,23 @@ def state_dict_to_hf(model_type: str, sd: dict[str, torch.Tensor], c) -> dict[st
                 out[h + name + ".weight"], out[h + name + ".bias"] = sd[b + name + ".weight"], sd[b + name + ".bias"]
             for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
                                  ("mlp.proj", "mlp.c_proj")):
-                out[h + theirs + ".weight"] = sd[b + ours + ".weight"].t().contiguous()
+                out[h + theirs + ".weight"] = sd[b + ours + ".weight"]
                 out[h + theirs + ".bias"] = sd[b + ours + ".bias"]
         return out
     p = "model."
     out[p + "embed_tokens.weight"], out[p + "norm.weight"] = sd["embed.weight"], sd["norm.weight"]
     if not c.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
+        out["lm_head.weight"] = _t(sd["lm_head.weight"])
     head_dim = c.head_size
     for i in range(c.n_layer):
         h, b = f"{p}layers.{i}.", f"blocks.{i}."
-        q, k, v = sd[b + "attn.qkv.weight"].split([c.n_head * head_dim, c.n_kv_head * head_dim, c.n_kv_head * head_dim])
+        q, k, v = _t(sd[b + "attn.qkv.weight"]).split([c.n_head * head_dim, c.n_kv_head * head_dim, c.n_kv_head * head_dim])
         a = h + "self_attn."
         out[a + "q_proj.weight"], out[a + "k_proj.weight"], out[a + "v_proj.weight"] = q.contiguous(), k.contiguous(), v.contiguous()
-        out[a + "o_proj.weight"] = sd[b + "attn.proj.weight"]
-        gate, up = sd[f"{b}mlp.gate_up.weight"].chunk(2)
+        out[a + "o_proj.weight"] = _t(sd[b + "attn.proj.weight"])
+        gate, up = _t(sd[f"{b}mlp.gate_up.weight"]).chunk(2)
         out[f"{h}mlp.gate_proj.weight"], out[f"{h}mlp.up_proj.weight"] = gate.contiguous(), up.contiguous()
-        out[f"{h}mlp.down_proj.weight"] = sd[f"{b}mlp.down.weight"]
+        out[f"{h}mlp.down_proj.weight"] = _t(sd[f"{b}mlp.down.weight"])
         out[h + "input_layernorm.weight"] = sd[b + "attn_norm.weight"]
         out[h + "post_attention_layernorm.weight"] = sd[b + "mlp_norm.weight"]
     return out
@@ -200,9 +208,8 @@ def load_hf(folder: str | Path, device: str = "cpu"):
     model = build_model(model_type, cfg)
     sd = state_dict_from_hf(model_type, _read_weights(folder), cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = {"lm_head.weight"} if (model_type == "gpt" or cfg.tie_embeddings) else set()
-    if set(missing) - tied or unexpected:
-        raise ScratchLLMError(f"{folder}: weights do not match the config (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+    if missing or unexpected:
+        raise ScratchLLMError(f"{folder}: weights do not match the config (missing {sorted(missing)[:3]}, unexpected {unexpected[:3]})")
     tokenizer = None
     for name in ("tokenizer.json", "tokenizer.model"):
         if (folder / name).is_file():
@@ -256,9 +263,16 @@ def _siglip_encoder(sd, theirs: str, ours: str, n_layer: int, out: dict) -> None
         h, b = f"{theirs}encoder.layers.{i}.", f"{ours}blocks.{i}."
         for x in ("weight", "bias"):
             out[f"{b}ln_1.{x}"], out[f"{b}ln_2.{x}"] = sd[f"{h}layer_norm1.{x}"], sd[f"{h}layer_norm2.{x}"]
-            out[f"{b}attn.qkv.{x}"] = torch.cat([sd[f"{h}self_attn.{p}_proj.{x}"] for p in ("q", "k", "v")])
-            out[f"{b}attn.proj.{x}"] = sd[f"{h}self_attn.out_proj.{x}"]
-            out[f"{b}mlp.fc.{x}"], out[f"{b}mlp.proj.{x}"] = sd[f"{h}mlp.fc1.{x}"], sd[f"{h}mlp.fc2.{x}"]
+        _linear(out, f"{b}attn.qkv", *(sd[f"{h}self_attn.{p}_proj.{x}"] for p in ("q", "k", "v") for x in ("weight", "bias")))
+        _linear(out, f"{b}attn.proj", sd[f"{h}self_attn.out_proj.weight"], sd[f"{h}self_attn.out_proj.bias"])
+        _linear(out, f"{b}mlp.fc", sd[f"{h}mlp.fc1.weight"], sd[f"{h}mlp.fc1.bias"])
+        _linear(out, f"{b}mlp.proj", sd[f"{h}mlp.fc2.weight"], sd[f"{h}mlp.fc2.bias"])
+
+
+def _linear(out: dict, ours: str, *weights_and_biases: torch.Tensor) -> None:
+    """One of our Linear layers from one or more nn.Linear (weight, bias) pairs, stacked by output (q, k, v)."""
+    weights, biases = weights_and_biases[0::2], weights_and_biases[1::2]
+    out[f"{ours}.weight"], out[f"{ours}.bias"] = _t(torch.cat(weights)), torch.cat(biases)
 
 
 def siglip_vision_from_hf(sd: dict[str, torch.Tensor], c, theirs: str = "vision_model.", ours: str = "") -> dict:
@@ -272,11 +286,12 @@ def siglip_vision_from_hf(sd: dict[str, torch.Tensor], c, theirs: str = "vision_
     if c.use_head:
         h = theirs + "head."
         out[f"{ours}head.probe"] = sd[h + "probe"]
-        out[f"{ours}head.attn.qkv.weight"], out[f"{ours}head.attn.qkv.bias"] = sd[h + "attention.in_proj_weight"], sd[h + "attention.in_proj_bias"]
+        _linear(out, f"{ours}head.attn.qkv", sd[h + "attention.in_proj_weight"], sd[h + "attention.in_proj_bias"])
+        _linear(out, f"{ours}head.attn.proj", sd[f"{h}attention.out_proj.weight"], sd[f"{h}attention.out_proj.bias"])
+        _linear(out, f"{ours}head.mlp.fc", sd[f"{h}mlp.fc1.weight"], sd[f"{h}mlp.fc1.bias"])
+        _linear(out, f"{ours}head.mlp.proj", sd[f"{h}mlp.fc2.weight"], sd[f"{h}mlp.fc2.bias"])
         for x in ("weight", "bias"):
-            out[f"{ours}head.attn.proj.{x}"] = sd[f"{h}attention.out_proj.{x}"]
             out[f"{ours}head.norm.{x}"] = sd[f"{h}layernorm.{x}"]
-            out[f"{ours}head.mlp.fc.{x}"], out[f"{ours}head.mlp.proj.{x}"] = sd[f"{h}mlp.fc1.{x}"], sd[f"{h}mlp.fc2.{x}"]
     return out
 
 
@@ -286,7 +301,7 @@ def siglip_text_from_hf(sd: dict[str, torch.Tensor], c, theirs: str = "text_mode
     out[f"{ours}pos_embed.weight"] = sd[f"{theirs}embeddings.position_embedding.weight"]
     for x in ("weight", "bias"):
         out[f"{ours}final_norm.{x}"] = sd[f"{theirs}final_layer_norm.{x}"]
-        out[f"{ours}head.{x}"] = sd[f"{theirs}head.{x}"]
+    _linear(out, f"{ours}head", sd[f"{theirs}head.weight"], sd[f"{theirs}head.bias"])
     _siglip_encoder(sd, theirs, ours, c.n_layer, out)
     return out
 
@@ -336,7 +351,7 @@ def load_hf_paligemma(folder: str | Path):
 
     projector = prefix_of("multi_modal_projector.linear.weight") + "multi_modal_projector.linear."
     ours = {**siglip_vision_from_hf(sd, vision_cfg, theirs=prefix_of("embeddings.patch_embedding.weight"), ours="vision."),
-            "projector.weight": sd[projector + "weight"], "projector.bias": sd[projector + "bias"]}
+            "projector.weight": _t(sd[projector + "weight"]), "projector.bias": sd[projector + "bias"]}
     for k, v in state_dict_from_hf("gemma", sd, text_cfg, prefix=prefix_of("embed_tokens.weight")).items():
         ours["language." + k] = v
     model = PaliGemma(cfg)

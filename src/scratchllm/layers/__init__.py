@@ -3,9 +3,10 @@
 from scratchllm.layers.attention import Attention, attend
 from scratchllm.layers.blocks import PreNormBlock
 from scratchllm.layers.kv_cache import KVCache, padded_causal_mask
+from scratchllm.layers.linear import Linear
 from scratchllm.layers.mlp import MLP, GatedMLP, llama_hidden_dim
 from scratchllm.layers.norms import RMSNorm
 from scratchllm.layers.rope import RopeScaling, apply_rope, interleaved_to_halves, inverse_frequencies, rope_cos_sin
 
-__all__ = ["Attention", "attend", "PreNormBlock", "KVCache", "padded_causal_mask", "MLP", "GatedMLP", "llama_hidden_dim", "RMSNorm",
+__all__ = ["Attention", "attend", "PreNormBlock", "KVCache", "padded_causal_mask", "Linear", "MLP", "GatedMLP", "llama_hidden_dim", "RMSNorm",
            "RopeScaling", "apply_rope", "interleaved_to_halves", "inverse_frequencies", "rope_cos_sin"]

@@ -18,6 +18,7 @@ from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers.kv_cache import KVCache
+from scratchllm.layers.linear import Linear
 from scratchllm.layers.norms import RMSNorm
 from scratchllm.layers.rope import apply_rope
 
@@ -114,36 +115,38 @@ class Attention(nn.Module):
             raise ScratchLLMError(f"{n_kv_heads} kv heads do not divide {n_heads} query heads; use a divisor of n_heads")
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.causal, self.dropout = causal, dropout
-        self.qkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.proj = nn.Linear(n_heads * head_dim, dim, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.qkv = Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.proj = Linear(n_heads * head_dim, dim, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim). rope: (cos, sin) of the T positions; cache: earlier keys/values;
+        """x (B, T, dim) -> (B, T, dim). rope: (cos, sin) of the T positions, (B, 1, T, D) each, from
+        `rope_cos_sin`; cache: earlier keys/values;
         context (B, S, dim): attend to it instead of to x (cross-attention, as SigLIP's pooling head)."""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         if context is None:
-            q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)  # (B, T, H*D), (B, T, KV*D) x2
-        else:  # queries from x, keys and values from the context: the same weights, split by rows
-            w_q, w_kv = self.qkv.weight.split([H * D, 2 * KV * D])
-            b_q, b_kv = self.qkv.bias.split([H * D, 2 * KV * D]) if self.qkv.bias is not None else (None, None)
-            q = F.linear(x, w_q, b_q)
-            k, v = F.linear(context, w_kv, b_kv).split([KV * D, KV * D], dim=-1)
-        S = k.size(1)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, S, KV, D).transpose(1, 2)  # (B, KV, S, D)
-        v = v.view(B, S, KV, D).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            # (B, T, heads * D) -> (B, heads, T, D): H query heads, then KV key and KV value heads
+            qkv = self.qkv(x).view(B, T, H + 2 * KV, D).transpose(1, 2)
+            qk, v = qkv.split_with_sizes([H + KV, KV], dim=1)  # (Tensor.split is a Python wrapper: slower per call)
+            if self.q_norm is not None:
+                qk = torch.cat([self.q_norm(qk[:, :H]), self.k_norm(qk[:, H:])], dim=1)
+            if rope is not None:
+                qk = apply_rope(qk, *rope)  # query and key heads rotated together: the same positions
+            q, k = qk.split_with_sizes([H, KV], dim=1)
+        else:  # cross-attention (SigLIP's pooling head): queries from x, keys and values from the context,
+            # the same weights split by output columns; no positions, no QK-norm
+            w_q, w_kv = self.qkv.weight.split([H * D, 2 * KV * D], dim=1)
+            b_q, b_kv = self.qkv.bias.split([H * D, 2 * KV * D]) if self.qkv.bias is not None else (0.0, 0.0)
+            q = (x @ w_q + b_q).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+            k, v = (context @ w_kv + b_kv).view(B, context.size(1), 2 * KV, D).transpose(1, 2).split([KV, KV], dim=1)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, KV, S, D): every position so far
         y = attend(q, k, v, causal=self.causal, dropout_p=self.dropout if self.training else 0.0, mask=mask)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): heads side by side again
-        return self.resid_dropout(self.proj(y))
+        y = self.proj(y)
+        return y if self.resid_dropout is None else self.resid_dropout(y)

@@ -16,6 +16,7 @@ class KVCache:
         shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._layers = [(self.k[i], self.v[i]) for i in range(n_layers)]  # per-layer views, made once
         self.length = 0  # positions written so far
         self.max_len = max_len
 
@@ -24,9 +25,10 @@ class KVCache:
         end = self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache of {self.max_len} positions is full")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self._layers[layer]
+        keys[:, :, self.length:end] = k
+        values[:, :, self.length:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n: int) -> None:
         """Called once per forward pass, after every layer has written its n new positions."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.layers.linear import Linear
 
 ACTIVATIONS = {
     "gelu": lambda: nn.GELU(),  # exact (erf) GELU, as nanoGPT
@@ -26,10 +27,10 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.fc = Linear(dim, hidden, bias=bias)
         self.act = _activation(activation)
-        self.proj = nn.Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.proj = Linear(hidden, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))  # (B, T, dim) -> (B, T, hidden) -> (B, T, dim)
@@ -49,9 +50,9 @@ class GatedMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, activation: str = "silu", bias: bool = False):
         super().__init__()
-        # gate and up as one (2 * hidden, dim) matrix: one matmul instead of two (rows [:hidden] gate)
-        self.gate_up = nn.Linear(dim, 2 * hidden, bias=bias)
-        self.down = nn.Linear(hidden, dim, bias=bias)
+        # gate and up as one (dim, 2 * hidden) matrix: one matmul instead of two (columns [:hidden] gate)
+        self.gate_up = Linear(dim, 2 * hidden, bias=bias)
+        self.down = Linear(hidden, dim, bias=bias)
         self.act = _activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,9 +22,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.offset == 0.0 and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # all in one kernel, the same numbers
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # one call into torch, the same numbers
         dtype = x.dtype
-        x = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x * rsqrt(mean(x^2) + eps), one kernel
+        x = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x * rsqrt(mean(x^2) + eps)
         if self.offset == 0.0:
             return self.weight * x.to(dtype)  # as Llama: cast back, then scale
         return (x * (self.offset + self.weight.float())).to(dtype)  # as Gemma: scale in fp32, then cast

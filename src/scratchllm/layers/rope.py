@@ -46,7 +46,7 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: Optional[RopeScali
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin for position ids (B, T): each (B, 1, T, head_dim), ready for every head.
+    """cos and signed sin for position ids (B, T): each (B, 1, T, head_dim), the same for every head.
 
     The d/2 angles are repeated for both halves; the sin of the first half is negated, so that
     `apply_rope` can replace rotate_half (split, negate, concatenate) with a single roll."""
@@ -61,11 +61,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, d); cos, signed_sin: (B, 1, T, d) from `rope_cos_sin`. Returns x's dtype.
+    """x: (B, heads, T, d); cos, signed_sin: (B, 1, T, d) from `rope_cos_sin`. Returns x's dtype.
 
     x * cos + rotate_half(x) * sin, computed as x * cos + roll(x, d/2) * [-sin, sin]: the same
     numbers (a sign moves from one factor to the other), one op instead of three."""
-    return (x * cos + torch.roll(x, x.size(-1) // 2, dims=-1) * signed_sin).to(x.dtype)
+    y = x * cos + torch.roll(x, x.size(-1) // 2, dims=-1) * signed_sin
+    return y if y.dtype == x.dtype else y.to(x.dtype)  # bf16 x and fp32 tables under autocast
 
 
 def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:

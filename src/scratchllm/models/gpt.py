@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import KVCache
+from scratchllm.layers import KVCache, Linear
 from scratchllm.layers.blocks import PreNormBlock
 
 
@@ -50,8 +50,6 @@ class GPT(nn.Module):
             PreNormBlock(c.n_embd, c.n_head, 4 * c.n_embd, c.activation, c.bias, c.dropout, causal=True, norm_eps=c.norm_eps)
             for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
         self.apply(self._init_weights)
         # GPT-2: residual projections start smaller, so the sum over 2 * n_layer branches keeps unit scale.
         for name, p in self.named_parameters():
@@ -60,10 +58,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, Linear):
+            module.reset_parameters(std=0.02)  # and a zero bias
+        elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
         c = self.config
@@ -84,7 +82,7 @@ class GPT(nn.Module):
             x = block(x, cache, i, mask)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab): the tied head, x @ wte^T
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

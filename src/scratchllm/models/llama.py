@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import (Attention, GatedMLP, KVCache, RMSNorm, RopeScaling, inverse_frequencies,
+from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, RMSNorm, RopeScaling, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
 
 
@@ -94,22 +94,22 @@ class Llama(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.n_embd)
         self.blocks = nn.ModuleList(LlamaBlock(c) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, c.norm_eps, c.norm_offset)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
-        if c.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        # tied: the output head is the embedding table itself (logits = x @ embed^T), no weights of its own
+        self.lm_head = None if c.tie_embeddings else Linear(c.n_embd, c.vocab_size, bias=False)
         self.register_buffer("inv_freq", inverse_frequencies(c.head_size, c.rope_theta, c.rope_scaling), persistent=False)
-        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope: torch.Tensor | None = None
         for name, p in self.named_parameters():
             if p.dim() >= 2:  # small normal init, residual outputs scaled down by depth (as GPT-2); norms keep theirs
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for positions 0..n-1 (at least), computed once and grown on demand: (N, head_dim) each."""
-        if self._rope is None or self._rope[0].size(0) < n or self._rope[0].device != self.inv_freq.device:
+    def _rope_tables(self, n: int) -> torch.Tensor:
+        """cos and signed sin for positions 0..n-1 (at least), computed once and grown on demand:
+        (N, 2, head_dim), so that one lookup fetches both."""
+        if self._rope is None or self._rope.size(0) < n or self._rope.device != self.inv_freq.device:
             size = max(n, min(self.config.block_size, 4096))
             cos, sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device)[None], self.inv_freq)
-            self._rope = (cos[0, 0], sin[0, 0])
+            self._rope = torch.stack([cos[0, 0], sin[0, 0]], dim=1)
         return self._rope
 
     def embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
@@ -134,14 +134,14 @@ class Llama(nn.Module):
             if start + T > self.config.block_size and cache is None:
                 raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
             positions = torch.arange(start, start + T, device=device).expand(B, T)
-        cos, sin = self._rope_tables(int(positions.max()) + 1)
-        rope = (cos[positions][:, None], sin[positions][:, None])  # (B, 1, T, head_dim): once for all layers
+        rope = self._rope_tables(int(positions.max()) + 1)[positions][:, None].unbind(3)  # cos, sin (B, 1, T, head_dim)
         x = self.embed_tokens(idx) if embeds is None else embeds  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        x = self.norm(x)
+        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
         # ignore_index -100: positions without a target (PaliGemma's image and prefix) add no loss

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.layers import KVCache
+from scratchllm.layers import KVCache, Linear
 from scratchllm.models.gemma import Gemma, GemmaConfig
 from scratchllm.models.siglip import SiglipVision, SiglipVisionConfig
 
@@ -50,7 +50,7 @@ class PaliGemma(nn.Module):
         super().__init__()
         self.config = config
         self.vision = SiglipVision(config.vision)
-        self.projector = nn.Linear(config.vision.n_embd, config.text.n_embd)
+        self.projector = Linear(config.vision.n_embd, config.text.n_embd)
         self.language = Gemma(config.text)
 
     def embed(self, ids: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:

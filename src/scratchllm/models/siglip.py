@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import MLP, Attention, PreNormBlock
+from scratchllm.layers import MLP, Attention, Linear, PreNormBlock
 
 
 @dataclass
@@ -111,7 +111,7 @@ class SiglipText(nn.Module):
         self.pos_embed = nn.Embedding(c.block_size, c.n_embd)
         self.blocks = _encoder(c.n_layer, c.n_embd, c.n_head, c.intermediate_size, c.norm_eps)
         self.final_norm = nn.LayerNorm(c.n_embd, eps=c.norm_eps)
-        self.head = nn.Linear(c.n_embd, c.projection_size or c.n_embd)
+        self.head = Linear(c.n_embd, c.projection_size or c.n_embd)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T), padded to a fixed length -> (token features (B, T, dim), pooled (B, proj)).

@@ -26,6 +26,8 @@ WEIGHTS = "model.safetensors"
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 FORMAT = "scratchllm"
+# 2: Linear weights stored (in, out) (layers/linear.py); version 1 (no field) stored nn.Linear's (out, in)
+FORMAT_VERSION = 2
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -60,8 +62,8 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any], tokeni
                     trainer_state: dict[str, Any] | None = None,
                     state_tensors: dict[str, torch.Tensor] | None = None) -> None:
     def write(tmp: Path) -> None:
-        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, **meta}, indent=2) + "\n")
-        save_model(model, str(tmp / WEIGHTS))  # drops the tied lm_head alias; load_model restores it
+        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}, indent=2) + "\n")
+        save_model(model, str(tmp / WEIGHTS))
         tokenizer.save(tmp)
         if trainer_state is not None:
             (tmp / STATE_JSON).write_text(json.dumps(trainer_state, indent=2) + "\n")
@@ -88,6 +90,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise ScratchLLMError(f"{folder / CONFIG} is unreadable or not JSON ({e.__class__.__name__}); the checkpoint is corrupt") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model_type" not in meta:
         raise ScratchLLMError(f"{folder / CONFIG} is not a scratchllm checkpoint config")
+    if meta.get("format_version", 1) < FORMAT_VERSION and meta["model_type"] != "bigram":  # a bigram has no Linear
+        raise ScratchLLMError(f"{folder} was written by an older scratchllm that stored linear weights transposed; "
+                              "train it again with this version (its weights would load wrongly)")
+    if meta.get("format_version", 1) > FORMAT_VERSION:
+        raise ScratchLLMError(f"{folder} was written by a newer scratchllm (format {meta['format_version']}); upgrade scratchllm to read it")
     return meta
 
 

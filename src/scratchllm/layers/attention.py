@@ -125,8 +125,8 @@ class Attention(nn.Module):
                 cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, dim) -> (B, T, dim). rope: (cos, sin) of the T positions, (B, 1, T, D) each, from
-        `rope_cos_sin`; cache: earlier keys/values;
-        context (B, S, dim): attend to it instead of to x (cross-attention, as SigLIP's pooling head)."""
+        `rope_cos_sin`; cache: earlier keys/values; context (B, S, dim): attend to it instead of to x
+        (cross-attention, as SigLIP's pooling head)."""
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         if context is None:

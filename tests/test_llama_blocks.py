@@ -10,7 +10,6 @@ from conftest import shared_file
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import (RMSNorm, RopeScaling, apply_rope, interleaved_to_halves, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
-from scratchllm.layers.rope import rotate_half
 from scratchllm.models import LlamaConfig
 
 
@@ -21,6 +20,11 @@ def meta_rope(x, theta=10000.0):
     angles = torch.outer(torch.arange(T).float(), freqs)
     xc = torch.view_as_complex(x.float().reshape(T, d // 2, 2))
     return torch.view_as_real(xc * torch.polar(torch.ones_like(angles), angles)).reshape(T, d)
+
+
+def rotate_half(x):  # Hugging Face's form, which apply_rope's single roll replaces
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
 
 
 def test_meta_interleaved_weights_convert_to_the_split_halves_layout():

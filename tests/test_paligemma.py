@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scratchllm.interop.hf import load_hf_paligemma
-from scratchllm.models.paligemma import prefix_lm_mask
+from scratchllm.layers import padded_causal_mask
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -74,7 +74,7 @@ def test_prefix_is_bidirectional_and_suffix_is_causal(models):
 def test_mask_shape_and_padding():
     valid = torch.tensor([[False, True, True, True]])
     prefix = torch.tensor([[False, True, True, False]])
-    m = prefix_lm_mask(valid, prefix)[0, 0]
+    m = padded_causal_mask(valid, 4, prefix)[0, 0]
     assert m.tolist() == [[True, False, False, False],  # padding sees itself only
                           [False, True, True, False],  # prefix sees the prefix both ways
                           [False, True, True, False],

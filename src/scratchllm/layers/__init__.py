@@ -1,8 +1,8 @@
 """Shared building blocks. Every model in scratchllm is a composition of these; none is copied."""
 
-from scratchllm.layers.attention import Attention, attend
+from scratchllm.layers.attention import Attention, attend, padded_causal_mask
 from scratchllm.layers.blocks import PreNormBlock
-from scratchllm.layers.kv_cache import KVCache, padded_causal_mask
+from scratchllm.layers.kv_cache import KVCache
 from scratchllm.layers.linear import Linear
 from scratchllm.layers.mlp import MLP, GatedMLP, llama_hidden_dim
 from scratchllm.layers.norms import RMSNorm

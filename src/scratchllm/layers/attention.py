@@ -92,6 +92,21 @@ def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
     return _MASKS[key]
 
 
+def padded_causal_mask(valid: torch.Tensor, T: int, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, T, S) boolean mask for the last T queries over S keys, where `valid` (B, S) marks real
+    (not padding) positions. Key s is visible to query t when it is real and either comes no later
+    (causal) or, with `prefix` (B, S), both are prefix tokens (the bidirectional image + prompt block
+    of PaliGemma's prefix-LM). A padding query with no key to see attends to itself, to stay finite."""
+    S = valid.size(1)
+    mask = causal_mask(T, S, valid.device)[None]  # (1, T, S)
+    if prefix is not None:
+        mask = mask | (prefix[:, S - T:, None] & prefix[:, None, :])  # (B, T, S)
+    mask = mask & valid[:, None, :]
+    diagonal = torch.arange(S, device=valid.device)[None, :] == torch.arange(S - T, S, device=valid.device)[:, None]
+    mask = mask | (diagonal[None] & ~mask.any(-1, keepdim=True))
+    return mask[:, None]
+
+
 class Attention(nn.Module):
     def __init__(
         self,

@@ -9,7 +9,7 @@ class KVCache:
     """Keys and values of every layer, (n_layers, B, n_kv_heads, max_len, head_dim), filled left to right.
 
     All rows share one write position; rows of different prompt lengths are left-padded and the
-    padding is masked out (see `padded_causal_mask`)."""
+    padding is masked out (see `padded_causal_mask` in attention.py)."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -34,14 +34,3 @@ class KVCache:
         """Called once per forward pass, after every layer has written its n new positions."""
         self.length += n
 
-
-def padded_causal_mask(valid: torch.Tensor, T: int) -> torch.Tensor:
-    """(B, 1, T, S) boolean mask for the last T queries over S keys, where `valid` (B, S) marks real
-    (not padding) positions. A padding query with no key to see attends to itself, to stay finite."""
-    B, S = valid.shape
-    causal = torch.ones(T, S, dtype=torch.bool, device=valid.device).tril(diagonal=S - T)
-    mask = causal[None] & valid[:, None, :]  # (B, T, S)
-    diagonal = torch.zeros(T, S, dtype=torch.bool, device=valid.device)
-    diagonal[torch.arange(T), torch.arange(S - T, S)] = True
-    mask = mask | (diagonal[None] & ~mask.any(-1, keepdim=True))
-    return mask[:, None]

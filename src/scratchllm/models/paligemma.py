@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.layers import KVCache, Linear
+from scratchllm.layers import KVCache, Linear, padded_causal_mask
 from scratchllm.models.gemma import Gemma, GemmaConfig
 from scratchllm.models.siglip import SiglipVision, SiglipVisionConfig
 
@@ -27,22 +27,6 @@ class PaliGemmaConfig:
     vision: SiglipVisionConfig = field(default_factory=lambda: SiglipVisionConfig(use_head=False))
     text: GemmaConfig = field(default_factory=GemmaConfig)
     image_token_id: int = 0  # the id whose slots receive image features
-
-
-def prefix_lm_mask(valid: torch.Tensor, prefix: torch.Tensor, T: int | None = None) -> torch.Tensor:
-    """(B, 1, T, S) boolean mask over S keys for the last T queries. `valid` (B, S): real tokens;
-    `prefix` (B, S): image and prompt tokens. Key k is visible to query q when it is real and either
-    comes no later than q (causal) or both are prefix tokens (bidirectional block)."""
-    B, S = valid.shape
-    T = T or S
-    q_idx = torch.arange(S - T, S, device=valid.device)
-    k_idx = torch.arange(S, device=valid.device)
-    causal = k_idx[None, :] <= q_idx[:, None]  # (T, S)
-    both_prefix = prefix[:, S - T:, None] & prefix[:, None, :]  # (B, T, S)
-    mask = (causal[None] | both_prefix) & valid[:, None, :]
-    diagonal = k_idx[None, :] == q_idx[:, None]
-    mask = mask | (diagonal[None] & ~mask.any(-1, keepdim=True))  # padding rows see themselves, stay finite
-    return mask[:, None]
 
 
 class PaliGemma(nn.Module):
@@ -67,7 +51,8 @@ class PaliGemma(nn.Module):
         padding). Returns logits (B, T, vocab), and with labels (logits, loss)."""
         valid = valid if valid is not None else torch.ones_like(ids, dtype=torch.bool)
         positions = valid.long().cumsum(-1)  # 1-indexed, padding does not count
-        logits = self.language(None, positions=positions, cache=cache, mask=prefix_lm_mask(valid, prefix),
+        mask = padded_causal_mask(valid, ids.size(1), prefix)  # the prefix-LM mask
+        logits = self.language(None, positions=positions, cache=cache, mask=mask,
                                embeds=self.embed(ids, pixels))
         if labels is None:
             return logits
@@ -90,7 +75,7 @@ class PaliGemma(nn.Module):
             valid[i, L - len(r):] = True
         cache = self.language.new_cache(B, L + max_new_tokens)
         positions = valid.long().cumsum(-1)
-        logits = self.language(None, positions=positions, cache=cache, mask=prefix_lm_mask(valid, valid),
+        logits = self.language(None, positions=positions, cache=cache, mask=padded_causal_mask(valid, L, prefix=valid),
                                embeds=self.embed(ids, pixels))[:, -1]
         out: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -6,22 +7,33 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+DATA = ROOT / "tests" / "data"  # shipped with the repository (tests/data/README.md): no test needs ../shared
 
 # Tests run on 2 CPU cores; keep torch from oversubscribing them when several processes run.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+# parametrize over these to run a test on the CPU, and on CUDA where there is one
+DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
 
-def shared_file(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"{path} not found: these tests need ../shared/data beside the checkout")
+_CHECKED: set[Path] = set()
+
+
+def data_file(*parts: str) -> Path:
+    """A test data file, checked against tests/data/SHA256SUMS (a damaged copy fails loudly, never skips)."""
+    path = DATA.joinpath(*parts)
+    if path not in _CHECKED:
+        sums = dict(line.split()[::-1] for line in (DATA / "SHA256SUMS").read_text().splitlines())
+        rel = path.relative_to(DATA).as_posix()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sums[rel], f"{path} does not match tests/data/SHA256SUMS"
+        _CHECKED.add(path)
     return path
 
 
 @pytest.fixture
 def tiny_shakespeare() -> Path:
-    return shared_file("tinyshakespeare.txt")
+    return data_file("tinyshakespeare.txt")
 
 
 @pytest.fixture
@@ -45,3 +57,53 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "scratchllm", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout)
+
+
+# -- one tiny run per preset, shared by every test that needs a trained checkpoint ------------------
+
+# What makes each preset tiny: the one place these overrides are spelled out.
+TINY = {
+    "bigram-char": ["block_size=16", "batch_size=8", "eval_batches=2"],
+    "gpt-char-baby": ["n_layer=1", "n_embd=32", "n_head=2", "block_size=32", "batch_size=8", "eval_batches=2"],
+    "llama-bpe-baby": ["tokenizer.vocab_size=300", "n_layer=1", "n_embd=32", "n_head=2", "n_kv_head=1",
+                       "block_size=32", "batch_size=8", "eval_batches=2"],
+    "gemma-bpe-baby": ["tokenizer.vocab_size=300", "n_layer=1", "n_embd=32", "n_head=2", "block_size=32",
+                       "batch_size=8", "eval_batches=2"],
+    "siglip-shapes": ["vision.n_layer=1", "text.n_layer=1", "batch_size=16", "eval_batches=1", "log_interval=1"],
+    "paligemma-shapes": ["vision.n_layer=1", "text.n_layer=1", "vision.n_embd=32", "text.n_embd=32", "text.head_dim=16",
+                         "text.intermediate_size=64", "vision.intermediate_size=64", "batch_size=16", "eval_batches=1",
+                         "log_interval=1"],
+}
+TEXT_PRESETS = ("bigram-char", "gpt-char-baby", "llama-bpe-baby", "gemma-bpe-baby")
+
+
+@pytest.fixture(scope="session")
+def corpus_60k(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(data_file("tinyshakespeare.txt").read_text()[:60_000])
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, corpus_60k):
+    """trained(preset) -> the run folder of a tiny, few-step run of that preset (made once a session)."""
+    runs: dict[str, Path] = {}
+
+    def get(preset: str) -> Path:
+        if preset not in runs:
+            from scratchllm.train.run import train
+
+            out = tmp_path_factory.mktemp("runs") / preset
+            cache = tmp_path_factory.mktemp("cache")
+            old = os.environ.get("SCRATCHLLM_CACHE")
+            os.environ["SCRATCHLLM_CACHE"] = str(cache)
+            try:
+                train(preset, data=None if preset in ("siglip-shapes", "paligemma-shapes") else str(corpus_60k),
+                      out=out, overrides=TINY[preset] + ["eval_interval=4"], max_steps=4, progress=False)
+            finally:
+                if old is not None:
+                    os.environ["SCRATCHLLM_CACHE"] = old
+            runs[preset] = out
+        return runs[preset]
+
+    return get

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_file
+from conftest import data_file
+from scratchllm.tokenizers.ranks import read_ranks
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizers import BPETokenizer, load_tokenizer
 from scratchllm.tokenizers import formats
@@ -16,12 +17,12 @@ from scratchllm.tokenizers.patterns import GPT2, resolve_pattern
 
 @pytest.fixture(scope="module")
 def gpt2():
-    return formats.load_gpt2(shared_file("gpt2", "encoder.json"), shared_file("gpt2", "vocab.bpe"))
+    return formats.load_gpt2(data_file("gpt2", "encoder.json"), data_file("gpt2", "vocab.bpe"))
 
 
 @pytest.fixture(scope="module")
 def llama3():
-    return formats.load_llama3(shared_file("llama3", "tokenizer.model"))
+    return formats.load_llama3(data_file("llama3", "tokenizer.model"))
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiktoken_gpt2():
     tiktoken = pytest.importorskip("tiktoken")
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    ranks = data_gym_to_mergeable_bpe_ranks(str(shared_file("gpt2", "vocab.bpe")), str(shared_file("gpt2", "encoder.json")))
+    ranks = data_gym_to_mergeable_bpe_ranks(str(data_file("gpt2", "vocab.bpe")), str(data_file("gpt2", "encoder.json")))
     return tiktoken.Encoding("gpt2", pat_str=GPT2, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
 
 
@@ -39,7 +40,7 @@ def tiktoken_llama3(llama3):
     from tiktoken.load import load_tiktoken_bpe
 
     return tiktoken.Encoding("llama3", pat_str=llama3.pattern,
-                             mergeable_ranks=load_tiktoken_bpe(str(shared_file("llama3", "tokenizer.model"))),
+                             mergeable_ranks=load_tiktoken_bpe(str(data_file("llama3", "tokenizer.model"))),
                              special_tokens=llama3.special_tokens)
 
 
@@ -192,15 +193,15 @@ def test_bad_files_are_one_line_errors(tmp_path, gpt2):
     bad = tmp_path / "bad.model"
     bad.write_text("not base64!! 3\n")
     with pytest.raises(ScratchLLMError, match="line 1 is not 'base64-token rank'"):
-        formats.read_ranks(bad)
-    full = shared_file("llama3", "tokenizer.model").read_bytes()
+        read_ranks(bad)
+    full = data_file("llama3", "tokenizer.model").read_bytes()
     (tmp_path / "half.model").write_bytes(full[: len(full) // 2])
     with pytest.raises(ScratchLLMError):  # cut mid-line or short of 128000 tokens
         formats.load_llama3(tmp_path / "half.model")
-    enc = shared_file("gpt2", "encoder.json").read_bytes()
+    enc = data_file("gpt2", "encoder.json").read_bytes()
     (tmp_path / "encoder.json").write_bytes(enc[: len(enc) // 2])
     with pytest.raises(ScratchLLMError, match="not valid JSON"):
-        formats.load_gpt2(tmp_path / "encoder.json", shared_file("gpt2", "vocab.bpe"))
+        formats.load_gpt2(tmp_path / "encoder.json", data_file("gpt2", "vocab.bpe"))
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "Unigram"}}')
     with pytest.raises(ScratchLLMError, match="only byte-level BPE"):
         formats.load_hf(tmp_path / "tokenizer.json")

@@ -8,20 +8,13 @@ import pytest
 from conftest import run_cli
 from scratchllm.cli import main
 
-TINY = ["--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=32",
-        "--set", "eval_batches=2", "--no-progress"]
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from scratchllm.train.run import train
-
-    out = tmp_path_factory.mktemp("cli") / "run"
-    corpus = out.parent / "c.txt"
-    corpus.write_text("To be, or not to be, that is the question:\n" * 40)
-    train("gpt-char-baby", data=str(corpus), out=out, max_steps=3,
-          overrides=["n_layer=1", "n_embd=32", "n_head=2", "block_size=32", "eval_batches=2"], progress=False)
-    return out
+@pytest.fixture
+def checkpoint(trained, capsys):
+    """The shared tiny gpt-char-baby run (conftest.py), with what its training printed cleared."""
+    run = trained("gpt-char-baby")
+    capsys.readouterr()
+    return run
 
 
 def one_line_error(capsys, argv, match):
@@ -75,7 +68,7 @@ def test_sample_and_eval(capsys, checkpoint):
 
 def test_sample_bad_inputs(capsys, checkpoint, tmp_path):
     one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--prompt", ""], "prompt is empty")
-    one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--prompt", "Zürich €"], "4 character(s) outside the tokenizer's vocabulary: 'Z', 'c', 'ü', '€'")
+    one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--prompt", "Zürich €"], "3 character(s) outside the tokenizer's vocabulary: 'Z', 'ü', '€'")
     one_line_error(capsys, ["sample", "--checkpoint", str(tmp_path / "missing")], "does not exist")
     one_line_error(capsys, ["sample", "--checkpoint", str(tmp_path)], "is not a checkpoint")
     one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--top-p", "1.5"], "--top-p must be in (0, 1]")

@@ -3,7 +3,7 @@ import pytest
 from scratchllm.config import apply_overrides
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models import GPTConfig
-from scratchllm.models.presets import PRESETS, get_preset
+from scratchllm.presets import PRESETS, get_preset
 from scratchllm.train.config import TrainConfig
 
 
@@ -52,3 +52,42 @@ def test_presets_match_nanogpt():
 def test_unknown_preset():
     with pytest.raises(ScratchLLMError, match="unknown preset 'gpt-huge'.*gpt-char-baby"):
         get_preset("gpt-huge")
+
+
+def test_nested_fields_are_reachable_and_checked_together():
+    p = get_preset("paligemma-shapes")
+    out = apply_overrides({"model": p.model, "train": p.train}, ["text.n_layer=1", "vision.patch_size=8", "model.vision.n_embd=64"])
+    assert (out["model"].text.n_layer, out["model"].vision.patch_size, out["model"].vision.n_embd) == (1, 8, 64)
+    with pytest.raises(ScratchLLMError, match="ambiguous, qualify it as one of vision.n_layer, text.n_layer"):
+        apply_overrides({"model": p.model}, ["n_layer=2"])
+    with pytest.raises(ScratchLLMError, match="image_size 32 is not a multiple of patch_size 5"):
+        apply_overrides({"model": p.model}, ["vision.patch_size=5"])
+    # checked on the finished config, so the order of the overrides does not matter
+    for order in (["n_layer=12", "n_head=12", "n_embd=768"], ["n_embd=768", "n_head=12", "n_layer=12"]):
+        out = apply_overrides(groups(), order)
+        assert (out["model"].n_layer, out["model"].n_head, out["model"].n_embd) == (12, 12, 768)
+
+
+def test_derived_fields_are_not_set_by_hand():
+    with pytest.raises(ScratchLLMError, match="set from the tokenizer or data.*tokenizer.vocab_size"):
+        apply_overrides(groups(), ["vocab_size=100"])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lr=nan", "finite number"), ("lr=inf", "finite number"), ("weight_decay=-1", "weight_decay >= 0"),
+    ("betas=2,3", "betas must each be in"), ("seed=18446744073709551616", "seed must be"),
+    ("dropout=1.5", "dropout must be in"), ("n_layer=100000000", "n_layer must be from"),
+])
+def test_out_of_range_values_are_refused(item, message):
+    with pytest.raises(ScratchLLMError, match=message):
+        apply_overrides(groups(), [item])
+
+
+def test_config_json_values_are_type_checked():
+    from scratchllm.config import from_dict
+
+    for data, message in (({"n_layer": "4"}, "must be an integer"), ({"n_layer": None}, "must be an integer"),
+                          ({"dropout": float("nan")}, "finite"), ({"bias": 1}, "true or false"),
+                          ({"n_embd": 1 << 30}, "n_embd must be from"), ({"n_heads": 4}, "unknown keys")):
+        with pytest.raises(ScratchLLMError, match=message):
+            from_dict(GPTConfig, data)

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import TINY, run_cli
 
-ARGS = ["--max-steps", "6", "--precision", "fp32", "--no-progress", "--sample-tokens", "0",
-        "--set", "n_layer=1", "--set", "n_embd=32", "--set", "n_head=2", "--set", "block_size=16",
-        "--set", "eval_interval=3", "--set", "eval_batches=2", "--set", "log_interval=1"]
+# device=cpu: the test is about two gloo processes, whatever GPUs the machine has
+ARGS = ["--max-steps", "6", "--precision", "fp32", "--no-progress", "--sample-tokens", "0", "--set", "device=cpu",
+        *sum((["--set", s] for s in TINY["gpt-char-baby"] + ["eval_interval=3", "log_interval=1"]), [])]
 
 
 def losses(out):

@@ -79,7 +79,7 @@ def test_cached_decoding_equals_full_recomputation(make):
         assert cached == full
     # the logits themselves agree step by step with a plain full forward pass
     ids = [3, 1, 4, 1, 5]
-    cache = model.new_cache(1, 32)
+    cache = model.new_cache(1, 32, torch.float32, torch.device("cpu"))
     step_logits = [model(torch.tensor([ids]), cache=cache)[:, -1]]
     for t in [9, 2, 6]:
         step_logits.append(model(torch.tensor([[t]]), cache=cache)[:, -1])

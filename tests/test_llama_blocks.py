@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import shared_file
+from conftest import data_file
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import (RMSNorm, RopeScaling, apply_rope, interleaved_to_halves, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
@@ -94,7 +94,7 @@ def test_hf_folder_with_a_tiktoken_tokenizer_model(tmp_path):
     import scratchllm
 
     model = Llama(LlamaConfig(vocab_size=128256, n_layer=1, n_embd=16, n_head=2, n_kv_head=1, intermediate_size=32))
-    save_hf(model, "llama", tmp_path / "hf")
-    shutil.copy(shared_file("llama3", "tokenizer.model"), tmp_path / "hf" / "tokenizer.model")
+    save_hf(model, tmp_path / "hf")
+    shutil.copy(data_file("llama3", "tokenizer.model"), tmp_path / "hf" / "tokenizer.model")
     loaded = scratchllm.load_pretrained(tmp_path / "hf")
     assert loaded.tokenizer.encode("This is a test sentence.") == [2028, 374, 264, 1296, 11914, 13]

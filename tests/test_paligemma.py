@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scratchllm.interop.hf import load_hf_paligemma
+from scratchllm.interop.hf import load_hf_folder
 from scratchllm.layers import padded_causal_mask
 
 transformers = pytest.importorskip("transformers")
@@ -29,7 +29,7 @@ def models(tmp_path_factory):
                 p.uniform_(-0.5, 0.5)
     folder = tmp_path_factory.mktemp("pg")
     hf.save_pretrained(folder)
-    return hf, load_hf_paligemma(folder)
+    return hf, load_hf_folder(folder)[0]
 
 
 def batch():

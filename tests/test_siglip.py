@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scratchllm.interop.hf import load_hf_siglip
+from scratchllm.interop.hf import load_hf_folder
 from scratchllm.models.siglip import Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, sigmoid_loss
 
 transformers = pytest.importorskip("transformers")
@@ -24,7 +24,7 @@ def test_vision_tower_matches(tmp_path, use_head):
     torch.manual_seed(0)
     hf = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**VISION, vision_use_head=use_head)).eval()
     hf.save_pretrained(tmp_path)
-    ours = load_hf_siglip(tmp_path)
+    ours = load_hf_folder(tmp_path)[0]
     with torch.no_grad():
         theirs = hf(pixel_values=pixels())
         features, pooled = ours(pixels())
@@ -43,7 +43,7 @@ def test_two_tower_model_and_sigmoid_loss_match(tmp_path):
         hf.logit_scale.fill_(1.3)
         hf.logit_bias.fill_(-2.0)
     hf.save_pretrained(tmp_path)
-    ours = load_hf_siglip(tmp_path)
+    ours = load_hf_folder(tmp_path)[0]
     ids = torch.randint(61, (3, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         theirs = hf(input_ids=ids, pixel_values=pixels(), return_loss=True)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import shared_file
+from conftest import TINY, data_file
 from scratchllm.cli import main
 from scratchllm.data.tokens import corpus_tokens, encode_text, load_prepared, prepare
 from scratchllm.errors import ScratchLLMError
@@ -15,8 +15,8 @@ from scratchllm.tokenizers.bpe_train import train_bpe
 
 def test_piecewise_encoding_equals_one_encode(tiny_shakespeare):
     text = tiny_shakespeare.read_text()
-    for tok in (formats.load_llama3(shared_file("llama3", "tokenizer.model")),
-                formats.load_gpt2(shared_file("gpt2", "encoder.json"), shared_file("gpt2", "vocab.bpe"))):
+    for tok in (formats.load_llama3(data_file("llama3", "tokenizer.model")),
+                formats.load_gpt2(data_file("gpt2", "encoder.json"), data_file("gpt2", "vocab.bpe"))):
         assert encode_text(tok, text, progress=False, piece_chars=50_000) == tok.encode_ordinary(text)
 
 
@@ -29,7 +29,7 @@ def test_prepare_writes_memmapped_uint16_and_uint32(tmp_path, small_corpus):
     assert tok.decode(train.tolist()) + tok.decode(val.tolist()) == text
     assert len(train) == meta["splits"]["train"]["tokens"]
 
-    llama = formats.load_llama3(shared_file("llama3", "tokenizer.model"))  # 128,256 ids: needs uint32
+    llama = formats.load_llama3(data_file("llama3", "tokenizer.model"))  # 128,256 ids: needs uint32
     _, train32, _, meta32 = load_prepared(prepare(str(small_corpus), llama, tmp_path / "p32", progress=False))
     assert train32.dtype == np.uint32 and meta32["dtype"] == "uint32"
     assert train32.max() > 65535 or train32.tolist() == llama.encode_ordinary(text[: int(0.9 * len(text))])
@@ -40,7 +40,7 @@ def test_prepare_writes_memmapped_uint16_and_uint32(tmp_path, small_corpus):
 
 
 def test_bpe_preset_prepares_once_and_caches(small_corpus):
-    from scratchllm.data.tokens import TokenizerConfig
+    from scratchllm.tokenizers import TokenizerConfig
 
     cfg = TokenizerConfig(kind="bpe", vocab_size=400, pattern="gpt2")
     tok, train, val = corpus_tokens(str(small_corpus), tokenizer_config=cfg, progress=False)
@@ -66,8 +66,8 @@ def test_bpe_cli_end_to_end(tmp_path, small_corpus, capsys):
     assert main(["prepare", "--data", str(small_corpus), "--tokenizer", str(tok_dir), "--out", str(data)]) == 0
     out = tmp_path / "run"
     assert main(["train", "--preset", "gpt-bpe-baby", "--data", str(data), "--out", str(out), "--max-steps", "30",
-                 "--no-progress", "--sample-tokens", "20", "--set", "n_layer=1", "--set", "block_size=32",
-                 "--set", "eval_interval=15", "--set", "eval_batches=2"]) == 0
+                 "--no-progress", "--sample-tokens", "20", *sum((["--set", s] for s in TINY["gpt-char-baby"]), []),
+                 "--set", "eval_interval=15"]) == 0
     printed = capsys.readouterr().out
     assert "bits/byte" in printed and "--- sample ---" in printed
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
@@ -82,18 +82,14 @@ def test_bpe_cli_end_to_end(tmp_path, small_corpus, capsys):
 
 
 def test_special_tokens_count_no_bytes_in_bits_per_byte(small_corpus, tmp_path):
-    """<|endoftext|> stands for no text: its spelling must not inflate the byte count."""
+    """<|endoftext|> stands for no text: its spelling must not inflate the byte count (one rule, used by
+    the trainer's evaluations and by `scratchllm eval`)."""
     import torch
 
-    from scratchllm.data.batches import TokenBatches
-    from scratchllm.models import build_model
-    from scratchllm.train.config import TrainConfig
-    from scratchllm.train.trainer import Trainer
+    from scratchllm.models.tasks import bytes_per_token
 
     tok = train_bpe(small_corpus.read_text(), 300, "gpt2", ["<|endoftext|>"], progress=False)
-    ids = np.asarray(tok.encode_ordinary(small_corpus.read_text()), dtype=np.uint16)
-    model = build_model("gpt", {"vocab_size": tok.vocab_size, "block_size": 16, "n_layer": 1, "n_embd": 16, "n_head": 2})
-    trainer = Trainer(model, TrainConfig(), tok, TokenBatches(ids, ids, 16, 0), tmp_path, {}, progress=False)
-    assert trainer.token_nbytes[tok.special_tokens["<|endoftext|>"]] == 0
-    assert trainer.token_nbytes[tok.encode_ordinary(" the")[0]] == len(tok.token_bytes(tok.encode_ordinary(" the")[0]))
-    assert torch.all(trainer.token_nbytes[:256] == 1)
+    nbytes = bytes_per_token(tok)
+    assert nbytes[tok.special_tokens["<|endoftext|>"]] == 0
+    assert nbytes[tok.encode_ordinary(" the")[0]] == len(tok.token_bytes(tok.encode_ordinary(" the")[0]))
+    assert torch.all(nbytes[:256] == 1)

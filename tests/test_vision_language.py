@@ -15,7 +15,7 @@ from scratchllm.models.siglip import SiglipVisionConfig
 
 
 def preset_tokenizer():
-    from scratchllm.models.presets import get_preset
+    from scratchllm.presets import get_preset
 
     return shapes_tokenizer(get_preset("paligemma-shapes").tokenizer)
 
@@ -41,7 +41,7 @@ def test_colour_and_shape_words_are_single_tokens():
 
 
 def test_shapes_tokenizer_needs_its_special_tokens():
-    from scratchllm.data.tokens import TokenizerConfig
+    from scratchllm.tokenizers import TokenizerConfig
 
     with pytest.raises(ScratchLLMError, match="needs the special tokens <bos>, <eos>, <pad>"):
         shapes_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300, pattern="gpt2", special_tokens=("<image>",)))
@@ -88,9 +88,11 @@ def test_cached_answers_equal_full_recomputation():
 
 
 def test_paligemma_shapes_trains_and_answers_from_the_cli(tmp_path, capsys):
+    from conftest import TINY
+
     out = tmp_path / "pg"
-    assert main(["train", "--preset", "paligemma-shapes", "--out", str(out), "--max-steps", "20",
-                 "--set", "eval_interval=20", "--set", "batch_size=8", "--no-progress"]) == 0
+    assert main(["train", "--preset", "paligemma-shapes", "--out", str(out), "--max-steps", "6", "--no-progress",
+                 *sum((["--set", s] for s in TINY["paligemma-shapes"] + ["eval_interval=6"]), [])]) == 0
     printed = capsys.readouterr().out
     assert "held-out exact_match" in printed and "scratchllm ask" in printed
     image = tmp_path / "scene.png"
@@ -98,9 +100,9 @@ def test_paligemma_shapes_trains_and_answers_from_the_cli(tmp_path, capsys):
     assert main(["ask", "--checkpoint", str(out), "--image", str(image), "--prompt", "how many shapes?"]) == 0
     import scratchllm
 
-    model = scratchllm.load_pretrained(out)
+    lm = scratchllm.load_pretrained(out)
     pixels = ImageProcessor(32).load(image)[None]
-    assert capsys.readouterr().out == model.answer(model.tokenizer, pixels, ["how many shapes?"])[0] + "\n"
+    assert capsys.readouterr().out == lm.model.answer(lm.tokenizer, pixels, ["how many shapes?"])[0] + "\n"
     (tmp_path / "bad.png").write_bytes(b"\x00\x01 not a png")
     assert main(["ask", "--checkpoint", str(out), "--image", str(tmp_path / "bad.png"), "--prompt", "hi"]) == 2
     err = capsys.readouterr().err
@@ -108,6 +110,8 @@ def test_paligemma_shapes_trains_and_answers_from_the_cli(tmp_path, capsys):
 
 
 def test_siglip_shapes_trains_and_reports_retrieval(tmp_path, capsys):
-    assert main(["train", "--preset", "siglip-shapes", "--out", str(tmp_path / "s"), "--max-steps", "10",
-                 "--set", "eval_interval=10", "--set", "batch_size=16", "--no-progress"]) == 0
+    from conftest import TINY
+
+    assert main(["train", "--preset", "siglip-shapes", "--out", str(tmp_path / "s"), "--max-steps", "4", "--no-progress",
+                 *sum((["--set", s] for s in TINY["siglip-shapes"] + ["eval_interval=4"]), [])]) == 0
     assert "held-out r@1" in capsys.readouterr().out

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from scratchllm.errors import ScratchLLMError
 
 __version__ = "0.1.0"
 
 
-def load_pretrained(path: str | Path, device: str = "cpu"):
-    """A model in eval mode from a scratchllm checkpoint (or run) folder or a Hugging Face folder
-    (GPT2LMHeadModel, LlamaForCausalLM, Qwen3, Gemma, SigLIP, PaliGemma: config.json + safetensors).
+def load_pretrained(source, device: str = "cpu", precision: str = "fp32"):
+    """A model ready for inference, with its tokenizer and spec beside it (`checkpoint.Pretrained`),
+    from a scratchllm checkpoint or run folder or a Hugging Face folder. See `checkpoint.load_pretrained`.
+    To train, see `scratchllm.train.run.train`."""
+    from scratchllm.checkpoint import load_pretrained as load
 
-    `model(idx)` with idx of shape (batch, time) returns logits of shape (batch, time, vocab).
-    The tokenizer, when the folder has one, is `model.tokenizer`. To train, see `scratchllm.train.run.train`.
-    """
-    from scratchllm.interop.hf import is_hf_folder, load_hf_folder
-    from scratchllm.train.checkpoint import load_checkpoint
-
-    if is_hf_folder(Path(path)):
-        model, tokenizer = load_hf_folder(path, device=device)
-    else:
-        model, tokenizer, _ = load_checkpoint(path, device=device)
-    model.tokenizer = tokenizer
-    return model
+    return load(source, device=device, precision=precision)
 
 
 __all__ = ["ScratchLLMError", "load_pretrained", "__version__"]

@@ -23,8 +23,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the dtype of weights and KV cache: auto is bf16 on a GPU, fp32 on a CPU (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from scratchllm.models.presets import DEFAULT_PRESET, PRESETS
+    from scratchllm.presets import DEFAULT_PRESET, PRESETS
 
     parser = _Parser(prog="scratchllm", description="Language models from scratch: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="use this tokenizer instead of the preset's (ours, a tokenizer.json, GPT-2's folder, Llama 3's tokenizer.model)")
     t.add_argument("--sample-tokens", type=_positive_int, default=300, help="tokens to sample when training ends (0: none)")
+    t.add_argument("--sample-device", default="auto", help="device for that sample: auto, cpu or cuda (default auto)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="generate text from a checkpoint", description="Sample text, streamed to stdout.")
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at this special token or single-token text (repeatable)")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slow; for checking)")
-    s.add_argument("--device", default="cpu")
+    _device_options(s)
 
     e = sub.add_parser("eval", help="validation loss and bits per character of a checkpoint",
                        description="Evaluate on the whole validation split (the last 10%% of the corpus).")
@@ -66,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
-    e.add_argument("--device", default="cpu")
+    _device_options(e)
 
     a = sub.add_parser("ask", help="answer a question about an image (a PaliGemma checkpoint)",
                        description="Greedy answer of a PaliGemma checkpoint to a prompt about an image.")
@@ -74,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
     a.add_argument("--prompt", required=True, help='e.g. "what color is the circle?"')
     a.add_argument("--max-new-tokens", type=_positive_int, default=8)
+    _device_options(a)
 
     c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder",
                        description="Write config.json + model.safetensors (+ tokenizer.json) that transformers' from_pretrained loads.")
@@ -106,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> None:
-    from scratchllm.models import VISION_LANGUAGE
+    from scratchllm.models import get_spec
     from scratchllm.train.run import train
 
     summary = train(preset=args.preset, data=args.data, out=args.out, overrides=args.overrides,
@@ -115,28 +123,27 @@ def cmd_train(args) -> None:
                     progress=not args.no_progress)
     if not summary["is_main"]:
         return
-    out = summary["out"]
+    out, spec = summary["out"], get_spec(summary["model_type"])
     print(f"trained {summary['n_params']:,} parameters for {summary['step']} steps in {summary['seconds']:.0f} s "
           f"({summary['precision']}): val loss {summary['val_loss']:.4f}"
           + (f" ({summary['val_bpb']:.4f} bits/byte)" if summary["val_bpb"] is not None else "")
           + f", best {summary['best_val']:.4f}")
-    vision_language = summary["model_type"] in VISION_LANGUAGE
-    if vision_language:
+    if summary["metrics"]:
         print("held-out " + ", ".join(f"{k} {v:.3f}" for k, v in summary["metrics"].items()))
-        if summary["model_type"] == "paligemma":
-            print(f"ask it: scratchllm ask --checkpoint {out}/best --image shapes.png --prompt 'how many shapes?'")
-    elif args.sample_tokens:
+    if "ask" in spec.commands:
+        print(f"ask it: scratchllm ask --checkpoint {out}/best --image shapes.png --prompt 'how many shapes?'")
+    if "sample" in spec.commands and args.sample_tokens:
         print("--- sample ---")
-        _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, "cpu", None, [], True)
+        _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, args.sample_device, "auto", None, [], True)
         print("\n--------------")
     print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png\nmetrics:    {out}/metrics.jsonl")
-    if not vision_language:
+    if "sample" in spec.commands:
         print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
 
 
-def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, min_p, stop,
+def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, precision, min_p, stop,
                    use_cache) -> None:
-    from scratchllm import load_pretrained
+    from scratchllm.checkpoint import load_pretrained
     from scratchllm.generate import TextStream, generate
 
     if prompt == "":
@@ -149,21 +156,22 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
         raise ScratchLLMError(f"--temperature must be >= 0, got {temperature}")
     if min_p is not None and not 0.0 <= min_p <= 1.0:
         raise ScratchLLMError(f"--min-p must be in [0, 1], got {min_p}")
-    model = load_pretrained(checkpoint, device=device)
-    tokenizer = model.tokenizer
+    lm = load_pretrained(checkpoint, device=device, precision=precision)
+    lm.spec.require("sample", str(checkpoint))
+    tokenizer = lm.tokenizer
     if tokenizer is None:
         raise ScratchLLMError(f"{checkpoint} has no tokenizer (tokenizer.json or tokenizer.model); add one to sample from text")
     ids = tokenizer.encode(prompt)
     stop_ids = []
     for text in stop:
-        special = getattr(tokenizer, "special_tokens", {}).get(text)
+        special = tokenizer.special_tokens.get(text)
         encoded = [special] if special is not None else tokenizer.encode(text)
         if len(encoded) != 1:
             raise ScratchLLMError(f"--stop {text!r} is {len(encoded)} tokens; give a special token or a single-token text")
         stop_ids.append(encoded[0])
     stream = TextStream(tokenizer)
     sys.stdout.write(prompt)
-    for token in generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed, min_p, stop_ids, use_cache):
+    for token in generate(lm.model, ids, max_new_tokens, temperature, top_k, top_p, seed, min_p, stop_ids, use_cache):
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush())
@@ -172,7 +180,7 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
 
 def cmd_sample(args) -> None:
     _stream_sample(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                   args.seed, args.device, args.min_p, args.stop, not args.no_cache)
+                   args.seed, args.device, args.precision, args.min_p, args.stop, not args.no_cache)
     print()
 
 
@@ -180,33 +188,40 @@ def cmd_eval(args) -> None:
     from scratchllm.evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
-                            max_batches=args.max_batches, device=args.device)
-    print(f"val loss {r['loss']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
-          f"{r['bits_per_char']:.4f} bits/char | {r['bits_per_byte']:.4f} bits/byte "
-          f"({r['tokens']:,} tokens of {r['data']})")
+                            max_batches=args.max_batches, device=args.device, precision=args.precision)
+    if "bits_per_char" in r:
+        print(f"val loss {r['loss']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
+              f"{r['bits_per_char']:.4f} bits/char | {r['bits_per_byte']:.4f} bits/byte "
+              f"({r['tokens']:,} tokens of {r['data']})")
+    else:
+        metrics = {k: v for k, v in r.items() if k not in ("loss", "bits_per_byte", "examples", "data")}
+        print(f"held-out loss {r['loss']:.4f}"
+              + (f" | {r['bits_per_byte']:.4f} bits/byte" if r["bits_per_byte"] is not None else "")
+              + "".join(f" | {k} {v:.3f}" for k, v in metrics.items()) + f" ({r['examples']} held-out {r['data']} examples)")
 
 
 def cmd_ask(args) -> None:
-    from scratchllm import load_pretrained
+    from scratchllm.checkpoint import load_pretrained
     from scratchllm.data.images import ImageProcessor
-    from scratchllm.models import PaliGemma
 
     if not args.prompt.strip():
         raise ScratchLLMError("the prompt is empty; ask a question, e.g. --prompt 'how many shapes?'")
-    model = load_pretrained(args.checkpoint)
-    if not isinstance(model, PaliGemma):
-        raise ScratchLLMError(f"{args.checkpoint} holds a {type(model).__name__}, not a PaliGemma; train one with --preset paligemma-shapes")
-    pixels = ImageProcessor(model.config.vision.image_size).load(args.image)[None]
-    print(model.answer(model.tokenizer, pixels, [args.prompt], args.max_new_tokens)[0])
+    lm = load_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+    lm.spec.require("ask", str(args.checkpoint))
+    pixels = ImageProcessor(lm.model.config.vision.image_size).load(args.image)[None]
+    pixels = pixels.to(device=lm.device, dtype=lm.dtype)
+    print(lm.model.answer(lm.tokenizer, pixels, [args.prompt], args.max_new_tokens)[0])
 
 
 def cmd_convert(args) -> None:
+    from scratchllm.checkpoint import load_pretrained
     from scratchllm.interop.hf import save_hf
-    from scratchllm.train.checkpoint import load_checkpoint
 
-    model, tokenizer, meta = load_checkpoint(args.checkpoint)
-    out = save_hf(model, meta["model_type"], args.to_hf, tokenizer)
-    print(f"wrote {out} (config.json, model.safetensors{', tokenizer.json' if tokenizer.kind == 'bpe' else ''}); "
+    lm = load_pretrained(args.checkpoint)
+    lm.spec.require("convert", str(args.checkpoint))
+    out = save_hf(lm.model, args.to_hf, lm.tokenizer)
+    with_tokenizer = lm.tokenizer is not None and lm.tokenizer.kind == "bpe"
+    print(f"wrote {out} (config.json, model.safetensors{', tokenizer.json' if with_tokenizer else ''}); "
           f"load it with transformers' AutoModelForCausalLM.from_pretrained('{out}')")
 
 

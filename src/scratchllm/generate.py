@@ -19,6 +19,7 @@ from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import padded_causal_mask
+from scratchllm.models import spec_of
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -50,12 +51,13 @@ class _Batch:
 
     def __init__(self, rows: list[list[int]], device):
         width = max(len(r) for r in rows)
-        self.ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        self.valid = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
         for i, r in enumerate(rows):
-            self.ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            self.valid[i, width - len(r):] = True
-        self.padded = bool((~self.valid).any())
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            valid[i, width - len(r):] = True
+        self.ids, self.valid = ids.to(device), valid.to(device)  # built on the CPU, copied once
+        self.padded = bool((~valid).any())
 
     def positions(self) -> torch.Tensor:
         positions = (self.valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): real tokens count from 0
@@ -89,7 +91,11 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     A row stops after max_new_tokens or at one of `stop_tokens` (which is not yielded)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ScratchLLMError("every prompt needs at least one token")
-    device = next(model.parameters()).device
+    spec = spec_of(model)
+    if spec.generation is None:
+        raise ScratchLLMError(f"a {spec.model_type} model does not generate text from a prompt")
+    weights = next(model.parameters())
+    device, dtype = weights.device, weights.dtype  # the cache holds keys and values in the compute dtype
     context = model.config.block_size
     generator = torch.Generator(device=device)
     generator.manual_seed(seed) if seed is not None else generator.seed()
@@ -97,8 +103,8 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     stops = set(stop_tokens)
     done = [False] * len(prompts)  # kept in Python: a step's tokens come to the CPU anyway, to be yielded
 
-    use_cache = use_cache and hasattr(model, "new_cache")  # a bigram has nothing to cache
-    cache = model.new_cache(len(prompts), context) if use_cache else None
+    use_cache = use_cache and spec.generation == "cached"  # a bigram has nothing to cache
+    cache = model.new_cache(len(prompts), context, dtype, device) if use_cache else None
     logits = _forward_full(model, batch, cache)
     for _ in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator, min_p)
@@ -110,7 +116,7 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
         batch.append(nxt)
         if batch.ids.size(1) > context:  # the context is full: slide to the last half and prefill again
             batch.crop(max(1, context // 2))
-            cache = model.new_cache(len(prompts), context) if use_cache else None
+            cache = model.new_cache(len(prompts), context, dtype, device) if use_cache else None
             logits = _forward_full(model, batch, cache)
         elif use_cache:
             pos = batch.last_positions[:, None]  # (B, 1)

@@ -37,14 +37,21 @@ class TokenBatches:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _windows(self, split: str, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _windows(self, split: str, starts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"idx": inputs (N, block), "targets": the same windows shifted by one}: a model's keyword arguments."""
         data = self.splits[split]
         index = starts.numpy()[:, None] + np.arange(self.block_size + 1)
         rows = torch.from_numpy(data[index].astype(np.int64))  # (N, block + 1); reads only these windows
-        return rows[:, :-1], rows[:, 1:]
+        return {"idx": rows[:, :-1], "targets": rows[:, 1:]}
+
+    @staticmethod
+    def count(batch: dict[str, torch.Tensor], bytes_per_token: torch.Tensor) -> tuple[int, float]:
+        """(targets the batch's mean loss is over, UTF-8 bytes of text they stand for)."""
+        y = batch["targets"]
+        return y.numel(), bytes_per_token[y].sum().item()
 
     def draw_step(self, batch_size: int, grad_accum: int, world_size: int = 1, rank: int = 0):
-        """The micro-batches of one optimizer step for this process: a list of grad_accum (x, y) pairs."""
+        """The micro-batches of one optimizer step for this process: a list of grad_accum batches."""
         n = len(self.splits["train"]) - self.block_size
         starts = torch.randint(n, (batch_size * grad_accum * world_size,), generator=self.generator)
         micro = []

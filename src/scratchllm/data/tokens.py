@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +22,10 @@ from tqdm import tqdm
 from scratchllm.data.batches import split_train_val
 from scratchllm.data.corpora import CORPUS_NAMES, cache_dir, load_text
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizers import CharTokenizer, load_tokenizer
+from scratchllm.fileio import write_folder_atomically
+from scratchllm.tokenizers import CharTokenizer, TokenizerConfig, load_tokenizer
 
 TOKENS_META = "tokens.json"
-
-
-@dataclass
-class TokenizerConfig:
-    kind: str = "char"  # char | bpe
-    vocab_size: int = 2048  # bpe only: ids in all, special tokens included
-    pattern: str = "llama3"  # bpe only: gpt2 | gpt4 | llama3 | a regex
-    special_tokens: tuple[str, ...] = ("<|endoftext|>",)  # bpe only
-
-    def __post_init__(self):
-        if self.kind not in ("char", "bpe"):
-            raise ScratchLLMError(f"tokenizer kind '{self.kind}' is not char or bpe")
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -73,7 +60,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def encode_text(tokenizer, text: str, progress: bool = True, piece_chars: int = 1 << 20) -> list[int]:
-    """Encode with a progress bar, in pieces of about a megabyte.
+    r"""Encode with a progress bar, in pieces of about a megabyte.
 
     Pieces end just after a lone newline between a non-space and a letter ("word\nWord"): the gpt2,
     gpt4 and llama3 split patterns cut there whether or not text follows, so the ids equal those of
@@ -100,8 +87,6 @@ def _safe_cut(text: str, i: int) -> bool:
 
 def prepare(source: str, tokenizer, out: str | Path, progress: bool = True) -> Path:
     """Encode a corpus into `out/{train,val}.bin` with `tokenizer`; written atomically as a folder."""
-    from scratchllm.train.checkpoint import write_folder_atomically
-
     text = load_text(source)
     train_text, val_text = split_train_val(text)
 
@@ -174,10 +159,7 @@ def _cached_bpe(source: str, cfg: TokenizerConfig, progress: bool):
         return load_tokenizer(folder)
     train_text, _ = split_train_val(load_text(source))
     tokenizer = train_bpe(train_text, cfg.vocab_size, cfg.pattern, cfg.special_tokens, progress=progress)
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save(tmp)
-    os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
+    write_folder_atomically(folder, tokenizer.save)
     return tokenizer
 
 

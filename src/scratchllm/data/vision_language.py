@@ -12,8 +12,8 @@ import torch
 
 from scratchllm.data import shapes
 from scratchllm.data.images import ImageProcessor
-from scratchllm.data.tokens import TokenizerConfig
 from scratchllm.errors import ScratchLLMError
+from scratchllm.tokenizers import TokenizerConfig
 from scratchllm.tokenizers.bpe_train import train_bpe
 
 SPECIALS = ("<image>", "<bos>", "<eos>", "<pad>")  # the sequences below need all four
@@ -74,6 +74,14 @@ class ShapesBatches:
                                                       [e.answer for e in examples], self.length)
         return {"ids": ids, "pixels": pixels, "prefix": prefix, "valid": valid, "labels": labels}
 
+    def count(self, batch: dict[str, torch.Tensor], bytes_per_token: torch.Tensor) -> tuple[int, float]:
+        """(what the batch's mean loss is over, UTF-8 bytes of text predicted): SigLIP's loss is a mean
+        over images and predicts no text; PaliGemma's over the answer tokens."""
+        if self.kind == "siglip":
+            return batch["pixels"].size(0), 0.0
+        y = batch["labels"][batch["labels"] != -100]
+        return y.numel(), bytes_per_token[y].sum().item()
+
     def caption_ids(self, text: str) -> list[int]:
         """A caption as SigLIP's text tower reads it: cut or padded to a fixed length."""
         ids = self.tokenizer.encode(text)[: self.length]
@@ -120,10 +128,11 @@ def _same_caption(examples: list[shapes.Example]) -> torch.Tensor:
 def exact_match(model, batches: ShapesBatches, limit: int | None = None) -> float:
     """Greedy answers to the held-out questions, compared word for word with the truth."""
     examples = batches.held_out[:limit]
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(examples), 64):
         chunk = examples[i:i + 64]
-        pixels = torch.stack([batches.processor(e.image) for e in chunk])
+        pixels = torch.stack([batches.processor(e.image) for e in chunk]).to(device)
         answers = model.answer(batches.tokenizer, pixels, [e.prompt for e in chunk])
         correct += sum(a.strip() == e.answer for a, e in zip(answers, chunk))
     return correct / len(examples)
@@ -134,8 +143,9 @@ def retrieval_at_1(model, batches: ShapesBatches) -> float:
     """Image-to-text R@1 over the held-out scenes' distinct captions: the nearest caption is the right one."""
     examples = batches.held_out
     captions = sorted({shapes.caption(e.scene) for e in examples})
-    pixels = torch.stack([batches.processor(e.image) for e in examples])
-    ids = torch.tensor([batches.caption_ids(c) for c in captions])
+    device = next(model.parameters()).device
+    pixels = torch.stack([batches.processor(e.image) for e in examples]).to(device)
+    ids = torch.tensor([batches.caption_ids(c) for c in captions], device=device)
     sims = model.embed_images(pixels) @ model.embed_texts(ids).t()
     best = sims.argmax(dim=-1).tolist()
     return sum(captions[b] == shapes.caption(e.scene) for b, e in zip(best, examples)) / len(examples)

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchllm.errors import ScratchLLMError
+from scratchllm.config import DERIVED
+from scratchllm.models.limits import check_sizes
+from scratchllm.models.spec import ModelSpec, register
+from scratchllm.models.tasks import LANGUAGE
 
 
 @dataclass
 class BigramConfig:
-    vocab_size: int = 0  # set from the tokenizer
+    vocab_size: int = field(default=0, metadata=DERIVED)  # set from the tokenizer
     block_size: int = 8  # length of the training sequences; the model itself looks back one token
 
     def __post_init__(self):
-        if self.block_size < 1:
-            raise ScratchLLMError(f"block_size must be at least 1, got {self.block_size}")
+        check_sizes(self, "vocab_size", "block_size")
 
 
 class Bigram(nn.Module):
@@ -36,3 +39,11 @@ class Bigram(nn.Module):
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
+
+
+# -- spec: the bigram generates by looking at the last token only, so there is nothing to cache
+SPEC = register(ModelSpec(
+    "bigram", Bigram, BigramConfig, task=LANGUAGE,
+    finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
+    generation="recompute", commands=frozenset({"train", "sample", "eval", "chat", "serve"}),
+))

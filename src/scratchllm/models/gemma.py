@@ -11,9 +11,13 @@ PaliGemma's language model is this decoder.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from scratchllm.models.llama import Llama, LlamaConfig
+from scratchllm.errors import ScratchLLMError
+from scratchllm.models.llama import LLAMA_WEIGHTS, Llama, LlamaConfig
+from scratchllm.models.spec import HFFormat, ModelSpec, register
+from scratchllm.models.tasks import LANGUAGE
 
 
 @dataclass
@@ -32,3 +36,25 @@ class Gemma(Llama):
 
     def __init__(self, config: GemmaConfig):
         super().__init__(config)
+
+
+# -- spec: Gemma trains and generates as Llama does, and reads GemmaForCausalLM's folders
+
+def config_from_hf(hf: dict) -> GemmaConfig:
+    if hf.get("hidden_activation", hf.get("hidden_act")) not in ("gelu_pytorch_tanh", "gelu_tanh", None):
+        raise ScratchLLMError(f"Gemma activation {hf.get('hidden_activation')!r} is not supported")
+    rope = dict(hf.get("rope_parameters") or {})
+    return GemmaConfig(
+        vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 8192),
+        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"], n_embd=hf["hidden_size"],
+        head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+SPEC = register(ModelSpec(
+    "gemma", Gemma, GemmaConfig, task=LANGUAGE,
+    finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
+    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve"}),
+    hf=HFFormat(("gemma",), config_from_hf, LLAMA_WEIGHTS),
+))

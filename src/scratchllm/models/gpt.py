@@ -5,21 +5,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import KVCache, Linear
 from scratchllm.layers.blocks import PreNormBlock
+from scratchllm.layers.mlp import ACTIVATIONS
+from scratchllm.models.limits import check_sizes
+from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
+from scratchllm.models.tasks import LANGUAGE
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 0  # set from the tokenizer
+    vocab_size: int = field(default=0, metadata=DERIVED)  # set from the tokenizer
     block_size: int = 64
     n_layer: int = 4
     n_head: int = 4
@@ -30,13 +36,15 @@ class GPTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ScratchLLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_sizes(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
         if self.n_embd % self.n_head:
             raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd a multiple of n_head")
         if not 0.0 <= self.dropout < 1.0:
             raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ScratchLLMError(f"unknown activation '{self.activation}'; choose one of {', '.join(ACTIVATIONS)}")
+        if not 0.0 < self.norm_eps < 1.0:
+            raise ScratchLLMError(f"norm_eps must be in (0, 1), got {self.norm_eps}")
 
 
 class GPT(nn.Module):
@@ -63,9 +71,9 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> KVCache:
         c = self.config
-        return KVCache(c.n_layer, batch, c.n_head, max_len, c.n_embd // c.n_head, dtype, self.wte.weight.device)
+        return KVCache(c.n_layer, batch, c.n_head, max_len, c.n_embd // c.n_head, dtype, device)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None):
@@ -87,3 +95,48 @@ class GPT(nn.Module):
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss
+
+
+# -- spec: what a GPT is and can do ----------------------------------------------------------------
+
+_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+
+
+def _config_from_hf(hf: dict) -> GPTConfig:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _HF_ACTIVATIONS:
+        raise ScratchLLMError(f"GPT-2 activation {act!r} is not supported ({', '.join(_HF_ACTIVATIONS)} are)")
+    if not hf.get("tie_word_embeddings", True):
+        raise ScratchLLMError("untied GPT-2 embeddings are not supported")
+    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
+                     n_embd=hf["n_embd"], dropout=0.0, bias=True, activation=_HF_ACTIVATIONS[act],
+                     norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def _config_to_hf(c: GPTConfig) -> dict:
+    if not c.bias:
+        raise ScratchLLMError("GPT-2's format has biases; this GPT was built with bias=False and cannot be exported as GPT-2")
+    act = "gelu_new" if c.activation == "gelu_tanh" else c.activation
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+            "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+            "n_inner": None, "activation_function": act, "layer_norm_epsilon": c.norm_eps,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+            "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32"}
+
+
+# GPT-2's Conv1D stores (in, out), as our Linear does: nothing is transposed. The tied head has no tensor.
+GPT2_WEIGHTS = (WeightMap("", ("transformer.", ""), (
+    Row("wte.weight", ("wte.weight",)), Row("wpe.weight", ("wpe.weight",)), *norm("ln_f", "ln_f"),
+    *norm("blocks.{i}.ln_1", "h.{i}.ln_1"), *norm("blocks.{i}.ln_2", "h.{i}.ln_2"),
+    *linear("blocks.{i}.attn.qkv", "h.{i}.attn.c_attn", bias=True, transpose=False),
+    *linear("blocks.{i}.attn.proj", "h.{i}.attn.c_proj", bias=True, transpose=False),
+    *linear("blocks.{i}.mlp.fc", "h.{i}.mlp.c_fc", bias=True, transpose=False),
+    *linear("blocks.{i}.mlp.proj", "h.{i}.mlp.c_proj", bias=True, transpose=False),
+)),)
+
+SPEC = register(ModelSpec(
+    "gpt", GPT, GPTConfig, task=LANGUAGE,
+    finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
+    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert"}),
+    hf=HFFormat(("gpt2",), _config_from_hf, GPT2_WEIGHTS, _config_to_hf),
+))

@@ -7,22 +7,28 @@ Optional QK-norm (per-head RMSNorm on q and k before RoPE) is a Qwen3 / Llama 4 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, RMSNorm, RopeScaling, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
+from scratchllm.layers.mlp import ACTIVATIONS
+from scratchllm.models.limits import check_sizes
+from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
+from scratchllm.models.tasks import LANGUAGE
 
 
 @dataclass
 class LlamaConfig:
-    vocab_size: int = 0  # set from the tokenizer
+    vocab_size: int = field(default=0, metadata=DERIVED)  # set from the tokenizer
     block_size: int = 256  # the longest context trained or generated
     n_layer: int = 4
     n_head: int = 4
@@ -47,9 +53,18 @@ class LlamaConfig:
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(n_embd)
 
     def __post_init__(self):
-        for name in ("block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ScratchLLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_sizes(self, "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim",
+                    "intermediate_size", "multiple_of", "rope_original_max_position")
+        for name in ("norm_eps", "rope_theta", "rope_factor", "ffn_dim_multiplier", "rope_low_freq_factor", "rope_high_freq_factor"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1e12:
+                raise ScratchLLMError(f"{name} must be positive, got {value}")
+        if self.rope_factor is not None and self.rope_low_freq_factor >= self.rope_high_freq_factor:
+            raise ScratchLLMError("rope_low_freq_factor must be below rope_high_freq_factor")
+        if self.mlp_activation not in ACTIVATIONS:
+            raise ScratchLLMError(f"unknown activation '{self.mlp_activation}'; choose one of {', '.join(ACTIVATIONS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ScratchLLMError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.head_dim is None and self.n_embd % self.n_head:
             raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd a multiple of n_head or set head_dim")
         if self.n_head % self.n_kv_head:
@@ -96,20 +111,24 @@ class Llama(nn.Module):
         self.norm = RMSNorm(c.n_embd, c.norm_eps, c.norm_offset)
         # tied: the output head is the embedding table itself (logits = x @ embed^T), no weights of its own
         self.lm_head = None if c.tie_embeddings else Linear(c.n_embd, c.vocab_size, bias=False)
-        self.register_buffer("inv_freq", inverse_frequencies(c.head_size, c.rope_theta, c.rope_scaling), persistent=False)
-        self._rope: torch.Tensor | None = None
+        self._rope: torch.Tensor | None = None  # cos / sin tables, fp32 whatever the weights' dtype (see _rope_tables)
         for name, p in self.named_parameters():
             if p.dim() >= 2:  # small normal init, residual outputs scaled down by depth (as GPT-2); norms keep theirs
                 std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith(("attn.proj.weight", "mlp.down.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def _rope_tables(self, n: int) -> torch.Tensor:
-        """cos and signed sin for positions 0..n-1 (at least), computed once and grown on demand:
-        (N, 2, head_dim), so that one lookup fetches both."""
-        if self._rope is None or self._rope.size(0) < n or self._rope.device != self.inv_freq.device:
-            size = max(n, min(self.config.block_size, 4096))
-            cos, sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device)[None], self.inv_freq)
-            self._rope = torch.stack([cos[0, 0], sin[0, 0]], dim=1)
+    def _rope_tables(self, n: int, device: torch.device) -> torch.Tensor:
+        """cos and signed sin for positions 0..n-1 (at least): (N, 2, head_dim), so that one lookup
+        fetches both. Computed once and grown on demand, in fp32 even when the weights are bf16
+        (bf16 angles would be off by whole radians at long positions); not a buffer, so that
+        `model.to(dtype)` leaves them alone."""
+        if self._rope is None or self._rope.size(0) < n or self._rope.device != device:
+            c = self.config
+            size = max(n, min(c.block_size, 4096))
+            with torch.inference_mode(False):  # a table made while generating must serve training too
+                inv_freq = inverse_frequencies(c.head_size, c.rope_theta, c.rope_scaling).to(device)
+                cos, sin = rope_cos_sin(torch.arange(size, device=device)[None], inv_freq)
+                self._rope = torch.stack([cos[0, 0], sin[0, 0]], dim=1)
         return self._rope
 
     def embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
@@ -118,9 +137,9 @@ class Llama(nn.Module):
         x = self.embed(idx)
         return x * math.sqrt(self.config.n_embd) if self.config.scale_embeddings else x
 
-    def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> KVCache:
         c = self.config
-        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_size, dtype, self.embed.weight.device)
+        return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_size, dtype, device)
 
     def forward(self, idx: torch.Tensor | None, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None):
@@ -133,8 +152,10 @@ class Llama(nn.Module):
         if positions is None:
             if start + T > self.config.block_size and cache is None:
                 raise ScratchLLMError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
-            positions = torch.arange(start, start + T, device=device).expand(B, T)
-        rope = self._rope_tables(int(positions.max()) + 1)[positions][:, None].unbind(3)  # cos, sin (B, 1, T, head_dim)
+            rope = self._rope_tables(start + T, device)[start:start + T][None, None].unbind(3)  # cos, sin (1, 1, T, head_dim)
+        else:  # positions never pass the cache's length (or T + 1 for PaliGemma's 1-based ones): no sync to find the max
+            tables = self._rope_tables((cache.max_len if cache is not None else T) + 1, device)
+            rope = tables[positions][:, None].unbind(3)  # cos, sin (B, 1, T, head_dim)
         x = self.embed_tokens(idx) if embeds is None else embeds  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i, mask)
@@ -146,3 +167,70 @@ class Llama(nn.Module):
             return logits
         # ignore_index -100: positions without a target (PaliGemma's image and prefix) add no loss
         return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+# -- spec: what a Llama is and can do --------------------------------------------------------------
+
+def _config_from_hf(hf: dict) -> LlamaConfig:
+    """LlamaForCausalLM's config.json, or Qwen3ForCausalLM's (Llama plus QK-norm)."""
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ScratchLLMError("Llama checkpoints with attention or MLP biases are not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ScratchLLMError(f"Llama activation {hf.get('hidden_act')!r} is not supported (silu is)")
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ScratchLLMError(f"RoPE type {rope_type!r} is not supported (default and llama3 are)")
+    scaled = rope_type == "llama3"
+    return LlamaConfig(
+        vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
+        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"], n_embd=hf["hidden_size"],
+        head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), rope_factor=rope["factor"] if scaled else None,
+        rope_low_freq_factor=rope.get("low_freq_factor", 1.0), rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
+        rope_original_max_position=rope.get("original_max_position_embeddings", 8192),
+        tie_embeddings=hf.get("tie_word_embeddings", False), qk_norm=hf.get("model_type") == "qwen3")
+
+
+def _config_to_hf(c: LlamaConfig) -> dict:
+    """LlamaForCausalLM's config, or Qwen3ForCausalLM's when the model has QK-norm."""
+    arch, kind = ("Qwen3ForCausalLM", "qwen3") if c.qk_norm else ("LlamaForCausalLM", "llama")
+    out = {"architectures": [arch], "model_type": kind, "vocab_size": c.vocab_size,
+           "max_position_embeddings": c.block_size, "hidden_size": c.n_embd, "intermediate_size": c.hidden_dim,
+           "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
+           "head_dim": c.head_size, "hidden_act": "silu", "rms_norm_eps": c.norm_eps,
+           "rope_theta": c.rope_theta, "attention_bias": False, "mlp_bias": False,
+           "tie_word_embeddings": c.tie_embeddings, "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32"}
+    if c.rope_factor is not None:
+        out["rope_scaling"] = {"rope_type": "llama3", "factor": c.rope_factor, "low_freq_factor": c.rope_low_freq_factor,
+                               "high_freq_factor": c.rope_high_freq_factor,
+                               "original_max_position_embeddings": c.rope_original_max_position}
+    return out
+
+
+# Hugging Face keeps q, k, v and gate, up as separate nn.Linear layers (out, in); ours are fused and (in, out).
+# Their q and k rows are already in the split-halves RoPE layout (layers/rope.py).
+LLAMA_LAYERS = (
+    Row("embed.weight", ("embed_tokens.weight",)), *norm("norm", "norm", bias=False),
+    *linear("blocks.{i}.attn.qkv", *(f"layers.{{i}}.self_attn.{p}_proj" for p in "qkv"), bias=False,
+            split=lambda c: [c.n_head * c.head_size, c.n_kv_head * c.head_size, c.n_kv_head * c.head_size]),
+    *linear("blocks.{i}.attn.proj", "layers.{i}.self_attn.o_proj", bias=False),
+    *linear("blocks.{i}.mlp.gate_up", "layers.{i}.mlp.gate_proj", "layers.{i}.mlp.up_proj", bias=False),
+    *linear("blocks.{i}.mlp.down", "layers.{i}.mlp.down_proj", bias=False),
+    *norm("blocks.{i}.attn_norm", "layers.{i}.input_layernorm", bias=False),
+    *norm("blocks.{i}.mlp_norm", "layers.{i}.post_attention_layernorm", bias=False),
+    Row("blocks.{i}.attn.q_norm.weight", ("layers.{i}.self_attn.q_norm.weight",), when=lambda c: c.qk_norm),
+    Row("blocks.{i}.attn.k_norm.weight", ("layers.{i}.self_attn.k_norm.weight",), when=lambda c: c.qk_norm),
+)
+LLAMA_WEIGHTS = (
+    WeightMap("", ("model.",), LLAMA_LAYERS),
+    WeightMap("", ("",), tuple(linear("lm_head", "lm_head", bias=False, when=lambda c: not c.tie_embeddings))),
+)
+
+SPEC = register(ModelSpec(
+    "llama", Llama, LlamaConfig, task=LANGUAGE,
+    finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
+    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert"}),
+    hf=HFFormat(("llama", "qwen3"), _config_from_hf, LLAMA_WEIGHTS, _config_to_hf),
+))

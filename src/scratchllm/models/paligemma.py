@@ -11,22 +11,33 @@ full context and writes the answer left to right. Positions start at 1, as Huggi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.config import DERIVED
+from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import KVCache, Linear, padded_causal_mask
+from scratchllm.models import gemma
 from scratchllm.models.gemma import Gemma, GemmaConfig
-from scratchllm.models.siglip import SiglipVision, SiglipVisionConfig
+from scratchllm.models.llama import LLAMA_LAYERS
+from scratchllm.models.siglip import VISION, SiglipVision, SiglipVisionConfig, vision_config_from_hf
+from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, register
+from scratchllm.models.tasks import ShapesWorld
 
 
 @dataclass
 class PaliGemmaConfig:
     vision: SiglipVisionConfig = field(default_factory=lambda: SiglipVisionConfig(use_head=False))
     text: GemmaConfig = field(default_factory=GemmaConfig)
-    image_token_id: int = 0  # the id whose slots receive image features
+    image_token_id: int = field(default=0, metadata=DERIVED)  # the id whose slots receive image features
+
+    def __post_init__(self):
+        if not 0 <= self.image_token_id < max(1, self.text.vocab_size):
+            raise ScratchLLMError(f"image_token_id {self.image_token_id} is outside the vocabulary of {self.text.vocab_size}")
 
 
 class PaliGemma(nn.Module):
@@ -71,9 +82,9 @@ class PaliGemma(nn.Module):
         ids = torch.full((B, L), sp["<pad>"], dtype=torch.long, device=pixels.device)
         valid = torch.zeros(B, L, dtype=torch.bool, device=pixels.device)
         for i, r in enumerate(rows):  # left padding: every row's prompt ends at the same position
-            ids[i, L - len(r):] = torch.tensor(r)
+            ids[i, L - len(r):] = torch.tensor(r, device=pixels.device)
             valid[i, L - len(r):] = True
-        cache = self.language.new_cache(B, L + max_new_tokens)
+        cache = self.language.new_cache(B, L + max_new_tokens, self.language.embed.weight.dtype, pixels.device)
         positions = valid.long().cumsum(-1)
         logits = self.language(None, positions=positions, cache=cache, mask=padded_causal_mask(valid, L, prefix=valid),
                                embeds=self.embed(ids, pixels))[:, -1]
@@ -93,3 +104,48 @@ class PaliGemma(nn.Module):
             logits = self.language(None, positions=positions, cache=cache, mask=valid[:, None, None, :],
                                    embeds=self.language.embed_tokens(nxt[:, None]))[:, -1]
         return [tokenizer.decode(o) for o in out]
+
+
+# -- spec: PaliGemma trains on shapes-world questions, reports held-out exact match, answers with `ask`
+
+def _finish(config: PaliGemmaConfig, tokenizer) -> PaliGemmaConfig:
+    if "<image>" not in tokenizer.special_tokens:
+        raise ScratchLLMError("PaliGemma needs a tokenizer with an <image> special token")
+    return dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size),
+                               image_token_id=tokenizer.special_tokens["<image>"])
+
+
+def _shapes_batches(config: PaliGemmaConfig, tokenizer, seed: int):
+    from scratchllm.data.vision_language import ShapesBatches
+
+    n = config.vision.num_patches  # the sequence: n image slots, the prompt and the answer (16 tokens are plenty)
+    return ShapesBatches(tokenizer, config.vision.image_size, n, n + 16, seed, task="vqa")
+
+
+def _exact_match(model, batches) -> float:
+    from scratchllm.data.vision_language import exact_match
+
+    return exact_match(model, batches)
+
+
+def _config_from_hf(hf: dict) -> PaliGemmaConfig:
+    if hf.get("text_config", {}).get("model_type", "gemma") != "gemma":
+        raise ScratchLLMError(f"PaliGemma with a {hf['text_config'].get('model_type')} decoder is not supported (Gemma 1 is)")
+    return PaliGemmaConfig(vision_config_from_hf({**hf["vision_config"], "vision_use_head": False}),
+                           gemma.config_from_hf(hf["text_config"]), hf.get("image_token_id", hf.get("image_token_index")))
+
+
+# transformers has saved these parts under two sets of names over its versions; import reads either
+PALIGEMMA_WEIGHTS = (
+    WeightMap("vision.", ("vision_tower.vision_model.", "vision_tower.", "model.vision_tower.vision_model.", "model.vision_tower."),
+              VISION, lambda c: c.vision),
+    WeightMap("projector.", ("multi_modal_projector.linear.", "model.multi_modal_projector.linear."),
+              (Row("weight", ("weight",), transpose=True), Row("bias", ("bias",)))),
+    WeightMap("language.", ("language_model.model.", "model.language_model."), LLAMA_LAYERS, lambda c: c.text),
+)
+
+SPEC = register(ModelSpec(
+    "paligemma", PaliGemma, PaliGemmaConfig, task=ShapesWorld(_shapes_batches, "exact_match", _exact_match),
+    finish_config=_finish, commands=frozenset({"train", "eval", "ask"}),
+    hf=HFFormat(("paligemma",), _config_from_hf, PALIGEMMA_WEIGHTS),
+))

@@ -11,6 +11,7 @@ makes several positives in its row.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -19,8 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import MLP, Attention, Linear, PreNormBlock
+from scratchllm.models.limits import check_sizes
+from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
+from scratchllm.models.tasks import ShapesWorld
 
 
 @dataclass
@@ -36,6 +41,9 @@ class SiglipVisionConfig:
     use_head: bool = True  # the attention-pooling ("MAP") head; PaliGemma uses the patch tokens instead
 
     def __post_init__(self):
+        check_sizes(self, "image_size", "patch_size", "num_channels", "n_embd", "n_layer", "n_head", "intermediate_size")
+        if self.n_embd % self.n_head:
+            raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.image_size % self.patch_size:
             raise ScratchLLMError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
@@ -46,7 +54,7 @@ class SiglipVisionConfig:
 
 @dataclass
 class SiglipTextConfig:
-    vocab_size: int = 0
+    vocab_size: int = field(default=0, metadata=DERIVED)  # set from the tokenizer
     block_size: int = 16  # max_position_embeddings: captions are padded to this length
     n_embd: int = 128
     n_layer: int = 4
@@ -55,11 +63,21 @@ class SiglipTextConfig:
     norm_eps: float = 1e-6
     projection_size: Optional[int] = None  # default n_embd
 
+    def __post_init__(self):
+        check_sizes(self, "vocab_size", "block_size", "n_embd", "n_layer", "n_head", "intermediate_size", "projection_size")
+        if self.n_embd % self.n_head:
+            raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
 
 @dataclass
 class SiglipConfig:
     vision: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
     text: SiglipTextConfig = field(default_factory=SiglipTextConfig)
+
+    def __post_init__(self):
+        if (self.text.projection_size or self.text.n_embd) != self.vision.n_embd:
+            raise ScratchLLMError("the text projection must have the vision width (text.projection_size = vision.n_embd) "
+                                  "so the embeddings can be compared")
 
 
 def _encoder(n_layer, dim, n_head, hidden, eps) -> nn.ModuleList:
@@ -136,8 +154,6 @@ class Siglip(nn.Module):
         self.config = config
         self.vision = SiglipVision(config.vision)
         self.text = SiglipText(config.text)
-        if (config.text.projection_size or config.text.n_embd) != config.vision.n_embd:
-            raise ScratchLLMError("the text projection must have the vision width so the embeddings can be compared")
         self.logit_scale = nn.Parameter(torch.tensor([math.log(10.0)]))  # t' = log 10: temperature 10 at init
         self.logit_bias = nn.Parameter(torch.tensor([-10.0]))  # b = -10: start near "no pair matches"
 
@@ -154,3 +170,77 @@ class Siglip(nn.Module):
         if labels is None:
             labels = torch.eye(len(img), len(txt), device=logits.device)
         return logits, sigmoid_loss(logits, labels)
+
+
+# -- spec: SigLIP trains on shapes-world captions and reports held-out retrieval -----------------
+
+def vision_config_from_hf(hf: dict) -> SiglipVisionConfig:
+    return SiglipVisionConfig(image_size=hf["image_size"], patch_size=hf["patch_size"], num_channels=hf.get("num_channels", 3),
+                              n_embd=hf["hidden_size"], n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                              intermediate_size=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-6),
+                              use_head=hf.get("vision_use_head", True))
+
+
+def _text_config_from_hf(hf: dict) -> SiglipTextConfig:
+    return SiglipTextConfig(vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_embd=hf["hidden_size"],
+                            n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                            intermediate_size=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-6),
+                            projection_size=hf.get("projection_size") or hf["hidden_size"])
+
+
+# Hugging Face's encoder layer (layer_norm1, self_attn q/k/v/out, layer_norm2, mlp fc1/fc2) -> our PreNormBlock
+ENCODER = (
+    *norm("blocks.{i}.ln_1", "encoder.layers.{i}.layer_norm1"), *norm("blocks.{i}.ln_2", "encoder.layers.{i}.layer_norm2"),
+    *linear("blocks.{i}.attn.qkv", *(f"encoder.layers.{{i}}.self_attn.{p}_proj" for p in "qkv"), bias=True),
+    *linear("blocks.{i}.attn.proj", "encoder.layers.{i}.self_attn.out_proj", bias=True),
+    *linear("blocks.{i}.mlp.fc", "encoder.layers.{i}.mlp.fc1", bias=True),
+    *linear("blocks.{i}.mlp.proj", "encoder.layers.{i}.mlp.fc2", bias=True),
+)
+_has_head = lambda c: c.use_head  # noqa: E731
+VISION = (
+    *linear("patch_embed", "embeddings.patch_embedding", bias=True, transpose=False),  # a Conv2d: the same layout
+    Row("pos_embed.weight", ("embeddings.position_embedding.weight",)), *norm("post_norm", "post_layernorm"), *ENCODER,
+    Row("head.probe", ("head.probe",), when=_has_head),
+    Row("head.attn.qkv.weight", ("head.attention.in_proj_weight",), transpose=True, when=_has_head),  # q, k, v stacked already
+    Row("head.attn.qkv.bias", ("head.attention.in_proj_bias",), when=_has_head),
+    *linear("head.attn.proj", "head.attention.out_proj", bias=True, when=_has_head),
+    *linear("head.mlp.fc", "head.mlp.fc1", bias=True, when=_has_head),
+    *linear("head.mlp.proj", "head.mlp.fc2", bias=True, when=_has_head),
+    *(Row(f"head.norm.{x}", (f"head.layernorm.{x}",), when=_has_head) for x in ("weight", "bias")),
+)
+TEXT = (
+    Row("token_embed.weight", ("embeddings.token_embedding.weight",)),
+    Row("pos_embed.weight", ("embeddings.position_embedding.weight",)),
+    *norm("final_norm", "final_layer_norm"), *linear("head", "head", bias=True), *ENCODER,
+)
+
+
+def _shapes_batches(config: SiglipConfig, tokenizer, seed: int):
+    from scratchllm.data.vision_language import ShapesBatches
+
+    return ShapesBatches(tokenizer, config.vision.image_size, config.vision.num_patches, config.text.block_size, seed,
+                         task="caption", kind="siglip")
+
+
+def _retrieval(model, batches) -> float:
+    from scratchllm.data.vision_language import retrieval_at_1
+
+    return retrieval_at_1(model, batches)
+
+
+SPEC = register(ModelSpec(
+    "siglip", Siglip, SiglipConfig, task=ShapesWorld(_shapes_batches, "r@1", _retrieval),
+    finish_config=lambda config, tokenizer: dataclasses.replace(
+        config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size)),
+    commands=frozenset({"train", "eval"}),
+    hf=HFFormat(("siglip",), lambda hf: SiglipConfig(vision_config_from_hf(hf["vision_config"]), _text_config_from_hf(hf["text_config"])),
+                (WeightMap("vision.", ("vision_model.",), VISION, lambda c: c.vision),
+                 WeightMap("text.", ("text_model.",), TEXT, lambda c: c.text),
+                 WeightMap("", ("",), (Row("logit_scale", ("logit_scale",)), Row("logit_bias", ("logit_bias",)))))),
+))
+
+# The vision tower alone, as SiglipVisionModel folders hold it: it encodes images, nothing more.
+VISION_SPEC = register(ModelSpec(
+    "siglip_vision", SiglipVision, SiglipVisionConfig, task=None,
+    hf=HFFormat(("siglip_vision_model",), vision_config_from_hf, (WeightMap("", ("vision_model.", ""), VISION),)),
+))

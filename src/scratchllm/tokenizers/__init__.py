@@ -2,6 +2,7 @@
 
 from scratchllm.tokenizers.bpe import BPETokenizer
 from scratchllm.tokenizers.char import CharTokenizer
-from scratchllm.tokenizers.io import load_tokenizer
+from scratchllm.tokenizers.config import TokenizerConfig
+from scratchllm.tokenizers.io import load_tokenizer, load_tokenizer_path
 
-__all__ = ["BPETokenizer", "CharTokenizer", "load_tokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "TokenizerConfig", "load_tokenizer", "load_tokenizer_path"]

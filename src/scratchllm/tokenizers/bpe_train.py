@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Iterable
 
 import regex
@@ -111,8 +110,3 @@ def train_bpe(texts: str | Iterable[str], vocab_size: int, pattern: str = "gpt2"
     special_ids = {s: len(ranks) + i for i, s in enumerate(specials)}
     return BPETokenizer(ranks, pattern, special_ids)
 
-
-def read_texts(paths: Iterable[str | Path]) -> list[str]:
-    from scratchllm.data.corpora import load_text
-
-    return [load_text(str(p)) for p in paths]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import atomic_write
 
 FILENAME = "tokenizer.json"
 
@@ -14,10 +15,11 @@ class CharTokenizer:
     """Ids are the sorted distinct characters of the corpus, as in nanoGPT's shakespeare_char."""
 
     kind = "char"
+    special_tokens: dict[str, int] = {}  # none: every id is a character
 
     def __init__(self, chars: list[str]):
         if len(set(chars)) != len(chars):
-            raise ValueError("duplicate characters in the vocabulary")
+            raise ScratchLLMError("duplicate characters in the vocabulary")
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
@@ -41,18 +43,28 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids: list[int]) -> str:
+        bad = [i for i in ids if not 0 <= i < len(self.chars)]  # a negative id must not wrap around
+        if bad:
+            raise ScratchLLMError(f"token id {bad[0]} is not in the vocabulary (ids 0 to {len(self.chars) - 1})")
         return "".join(self.chars[i] for i in ids)
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         return self.decode(ids).encode("utf-8")
 
     def token_bytes(self, i: int) -> bytes:
-        return self.chars[i].encode("utf-8")
+        return self.decode([i]).encode("utf-8")
+
+    def bytes_per_token(self) -> list[int]:
+        """UTF-8 bytes each id stands for: for bits per byte."""
+        return [len(c.encode("utf-8")) for c in self.chars]
 
     def save(self, folder: str | Path) -> None:
-        path = Path(folder) / FILENAME
-        path.write_text(json.dumps({"type": self.kind, "chars": self.chars}, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write(Path(folder) / FILENAME, json.dumps({"type": self.kind, "chars": self.chars}, ensure_ascii=False) + "\n")
 
     @classmethod
-    def from_json(cls, data: dict) -> "CharTokenizer":
-        return cls(data["chars"])
+    def from_json(cls, data: dict, where: str = "tokenizer.json") -> "CharTokenizer":
+        chars = data.get("chars")
+        if (not isinstance(chars, list) or not chars or len(chars) > 1 << 20
+                or any(not isinstance(c, str) or len(c) != 1 for c in chars) or len(set(chars)) != len(chars)):
+            raise ScratchLLMError(f"{where} is corrupt: 'chars' must be a list of distinct single characters")
+        return cls(chars)

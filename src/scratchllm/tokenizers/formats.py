@@ -6,69 +6,15 @@ Every reader checks what it reads and turns a bad or truncated file into a one-l
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.tokenizers.bpe import BPETokenizer
+from scratchllm.fileio import atomic_write
+from scratchllm.tokenizers.bpe import BPETokenizer, bpe_merge
 from scratchllm.tokenizers.patterns import GPT2, LLAMA3
-
-RANKS_FILE = "tokenizer.model"  # tiktoken format: one "base64(token bytes) rank" line per token
-META_FILE = "tokenizer_meta.json"  # {"type": "bpe", "pattern": ..., "special_tokens": {...}}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# -- tiktoken ranks files --------------------------------------------------------------------------
-
-def read_ranks(path: str | Path) -> dict[bytes, int]:
-    path = Path(path)
-    if not path.is_file():
-        raise ScratchLLMError(f"tokenizer file {path} does not exist")
-    ranks: dict[bytes, int] = {}
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except (ValueError, binascii.Error):
-                raise ScratchLLMError(f"{path} line {n} is not 'base64-token rank'; the file is corrupt or not a tiktoken ranks file") from None
-    if not ranks:
-        raise ScratchLLMError(f"{path} is empty; expected tiktoken ranks ('base64-token rank' lines)")
-    return ranks
-
-
-def write_ranks(ranks: dict[bytes, int], path: Path) -> None:
-    lines = (f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
-    _atomic_write_text(path, "".join(lines))
-
-
-def save_bpe(tok: BPETokenizer, folder: str | Path) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_ranks(tok.ranks, folder / RANKS_FILE)
-    meta = {"type": "bpe", "pattern": tok.pattern, "special_tokens": tok.special_tokens}
-    _atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-
-
-def load_bpe(folder: str | Path) -> BPETokenizer:
-    folder = Path(folder)
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        pattern, specials = meta["pattern"], meta["special_tokens"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise ScratchLLMError(f"{folder / META_FILE} is missing or corrupt; it should hold the pattern and special tokens") from None
-    return BPETokenizer(read_ranks(folder / RANKS_FILE), pattern, specials)
+from scratchllm.tokenizers.ranks import read_ranks
 
 
 # -- OpenAI GPT-2 and Meta Llama 3 -----------------------------------------------------------------
@@ -142,16 +88,7 @@ def recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) < 2:
             continue
-        parts = [token[i:i + 1] for i in range(len(token))]
-        while len(parts) > 2:
-            best, best_i = None, -1
-            for i in range(len(parts) - 1):
-                r = ranks.get(parts[i] + parts[i + 1])
-                if r is not None and r < rank and (best is None or r < best):
-                    best, best_i = r, i
-            if best is None:
-                break
-            parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        parts = bpe_merge(token, ranks, below=rank)
         if len(parts) != 2:
             raise ScratchLLMError(f"token {token!r} (rank {rank}) cannot be built from lower-ranked tokens")
         merges.append((parts[0], parts[1]))
@@ -186,7 +123,7 @@ def to_hf_json(tok: BPETokenizer) -> dict:
 
 
 def save_hf(tok: BPETokenizer, path: str | Path) -> None:
-    _atomic_write_text(Path(path), json.dumps(to_hf_json(tok), ensure_ascii=False))
+    atomic_write(path, json.dumps(to_hf_json(tok), ensure_ascii=False))
 
 
 def load_hf(path: str | Path) -> BPETokenizer:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from scratchllm.device import PRECISIONS
 from scratchllm.errors import ScratchLLMError
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -43,3 +42,12 @@ class TrainConfig:
             raise ScratchLLMError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         if self.max_time is not None and self.max_time <= 0:
             raise ScratchLLMError(f"max_time must be positive seconds, got {self.max_time}")
+        if self.lr > 10 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ScratchLLMError(f"need lr <= 10, weight_decay >= 0 and grad_clip >= 0, got lr={self.lr} "
+                                  f"weight_decay={self.weight_decay} grad_clip={self.grad_clip}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ScratchLLMError(f"betas must each be in [0, 1), got {self.betas}")
+        if not 0 <= self.seed < 2**63:
+            raise ScratchLLMError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
+        if max(self.batch_size, self.grad_accum, self.max_steps, self.warmup_steps, self.eval_batches) >= 1 << 31:
+            raise ScratchLLMError("batch_size, grad_accum, max_steps, warmup_steps and eval_batches must be below 2**31")

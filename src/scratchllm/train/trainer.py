@@ -19,24 +19,26 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from scratchllm import checkpoint as ckpt
 from scratchllm.config import to_dict
-from scratchllm.data.batches import TokenBatches
+from scratchllm.device import autocast, resolve_device, resolve_precision
 from scratchllm.errors import ScratchLLMError
-from scratchllm.train import checkpoint as ckpt
+from scratchllm.models.tasks import bytes_per_token, mean_loss
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import DistInfo, average
 from scratchllm.train.metrics import MetricsLog
 from scratchllm.train.optim import build_optimizer, lr_at
-from scratchllm.train.precision import autocast, resolve_device, resolve_precision
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, cfg: TrainConfig, tokenizer, batches: TokenBatches,
-                 out_dir: Path, meta: dict[str, Any], dist_info: DistInfo | None = None,
-                 resume_from: Path | None = None, progress: bool = True, extra_eval=None):
-        """`meta` goes into every checkpoint's config.json: model_type, model (its config), preset, data.
-        `extra_eval(model) -> {name: value}` adds task metrics (retrieval, exact match) to each evaluation."""
-        self.extra_eval = extra_eval
+    def __init__(self, model: nn.Module, cfg: TrainConfig, tokenizer, batches, out_dir: Path, meta: dict[str, Any],
+                 dist_info: DistInfo | None = None, resume_from: Path | None = None, progress: bool = True,
+                 task_metrics=None):
+        """`batches` gives each step's micro-batches (dicts of a model's keyword arguments) and fixed
+        evaluation batches; `meta` goes into every checkpoint's config.json (model_type, model config,
+        preset, data); `task_metrics(model) -> {name: value}` adds the task's metrics (retrieval,
+        exact match) to each evaluation."""
+        self.task_metrics = task_metrics
         self.cfg, self.tokenizer, self.batches = cfg, tokenizer, batches
         self.out_dir, self.dist = Path(out_dir), dist_info or DistInfo()
         self.device = resolve_device(cfg.device)
@@ -45,11 +47,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.progress = progress and self.dist.is_main
         self.meta = {**meta, "train": to_dict(cfg)}
-        # bytes of text each token stands for, so evaluations also report bits per byte (comparable across
-        # tokenizers); a special token (<eos>, <|endoftext|>) stands for no text
-        specials = set(getattr(tokenizer, "special_tokens", {}).values())
-        self.token_nbytes = torch.tensor([0 if i in specials else len(_token_bytes(tokenizer, i))
-                                          for i in range(tokenizer.vocab_size)], dtype=torch.float64)
+        # bytes of text each token stands for, so evaluations also report bits per byte (comparable across tokenizers)
+        self.bytes_per_token = bytes_per_token(tokenizer)
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.best_val = 0, math.inf
@@ -84,7 +83,11 @@ class Trainer:
 
         state, tensors = ckpt.load_trainer_state(folder)
         load_model(self.model, str(folder / ckpt.WEIGHTS), strict=True, device=str(self.device))
-        self.optimizer.load_state_dict(ckpt.optimizer_state_from_flat(state["optimizer"], tensors))
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_state_from_flat(state["optimizer"], tensors))
+        except (ValueError, KeyError, RuntimeError, TypeError):
+            raise ScratchLLMError(f"the optimizer state in {folder} does not fit this model; resume without changing "
+                                  "the model, or start a new run") from None
         torch.set_rng_state(tensors["rng.torch"])
         self.batches.set_state(tensors["rng.batches"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -102,38 +105,20 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        self.model.eval()
         out = {}
         for split in ("train", "val"):
-            nats, tokens, nbytes = 0.0, 0, 0.0
-            for batch in self.batches.eval_batches(split, self.cfg.batch_size, self.cfg.eval_batches):
-                with autocast(self.precision, self.device):
-                    _, loss = self._forward(self.model, batch)
-                y = batch["labels"] if isinstance(batch, dict) else batch[1]
-                if y.dtype.is_floating_point:  # SigLIP: pair labels; its loss is a mean over images
-                    nats += loss.item() * y.size(0)
-                    tokens += y.size(0)
-                    continue
-                counted = y[y != -100]
-                nats += loss.item() * counted.numel()
-                tokens += counted.numel()
-                nbytes += self.token_nbytes[counted].sum().item()
-            out[split] = nats / tokens
-            out[f"{split}_bpb"] = nats / math.log(2) / nbytes if nbytes else None
-        if self.extra_eval is not None:
-            out.update(self.extra_eval(self.model))
+            batches = self.batches.eval_batches(split, self.cfg.batch_size, self.cfg.eval_batches)
+            out[split], out[f"{split}_bpb"] = mean_loss(self.model, self.batches, batches, self.device, self.bytes_per_token,
+                                                        lambda: autocast(self.precision, self.device))
+        if self.task_metrics is not None:
+            out.update(self.task_metrics(self.model))
         self.model.train()
         return out
 
-    def _forward(self, model: nn.Module, batch):
-        """A micro-batch is (inputs, targets) for language models, or a dict of keyword arguments
-        (vision-language models); either way the model returns (logits, loss)."""
-        if isinstance(batch, dict):
-            return model(**{k: v.to(self.device) for k, v in batch.items()})
-        x, y = batch
-        return model(x.to(self.device), y.to(self.device))
+    def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        """A micro-batch is a dict of the model's keyword arguments; the model returns (logits, loss)."""
+        return model(**{k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -154,14 +139,19 @@ class Trainer:
         total = average(total, self.dist, self.device)
         if not math.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
-            where = f"; the last good checkpoint is {self.out_dir / 'latest'}" if (self.out_dir / "latest").exists() else ""
-            raise ScratchLLMError(f"loss is {total} at step {self.step + 1}{where}; lower the learning rate (--set lr=...) or use --precision fp32")
+            raise self._diverged(f"loss is {total} at step {self.step + 1}")
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total
+
+    def _diverged(self, what: str) -> ScratchLLMError:
+        """The error for a run gone non-finite. Nothing is saved from it: `latest/` holds the last
+        evaluation that was finite (only finite evaluations are ever saved)."""
+        where = f"; the last good checkpoint is {self.out_dir / 'latest'}" if (self.out_dir / "latest").exists() else "; nothing was saved"
+        return ScratchLLMError(f"{what}{where}; lower the learning rate (--set lr=...) or use --precision fp32")
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -179,6 +169,8 @@ class Trainer:
             done = self.step >= cfg.max_steps or time_up
             if (self.step % cfg.eval_interval == 0 or done) and not skip_eval:
                 last_eval = self.evaluate()
+                if not (math.isfinite(last_eval["train"]) and math.isfinite(last_eval["val"])):
+                    raise self._diverged(f"evaluation loss is {last_eval['val']} at step {self.step}")
                 if self.dist.is_main:
                     extra = _task_metrics(last_eval)
                     self.metrics.log(kind="eval", step=self.step, train_loss=last_eval["train"], val_loss=last_eval["val"],
@@ -215,15 +207,8 @@ class Trainer:
 
 
 def _task_metrics(evaluation: dict[str, float]) -> dict[str, float]:
-    """What `extra_eval` added to an evaluation (exact match, R@1), apart from the losses."""
+    """The task metrics of an evaluation (exact match, R@1), apart from the losses."""
     return {k: v for k, v in evaluation.items() if k not in ("train", "val", "train_bpb", "val_bpb")}
-
-
-def _token_bytes(tokenizer, i: int) -> bytes:
-    try:
-        return tokenizer.token_bytes(i)
-    except (KeyError, IndexError):  # an id no token uses (loaded vocabularies may have gaps)
-        return b""
 
 
 def replace_train(cfg: TrainConfig, **changes) -> TrainConfig:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from scratchllm.data.tokens import TokenizerConfig
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.bigram import BigramConfig
-from scratchllm.models.gpt import GPTConfig
 from scratchllm.models.gemma import GemmaConfig
+from scratchllm.models.gpt import GPTConfig
 from scratchllm.models.llama import LlamaConfig
 from scratchllm.models.paligemma import PaliGemmaConfig
 from scratchllm.models.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+from scratchllm.tokenizers import TokenizerConfig
 from scratchllm.train.config import TrainConfig
 
 
@@ -57,25 +57,30 @@ _register(Preset(
     description="nanoGPT's shakespeare_char (10.7M parameters; meant for a GPU)",
 ))
 
+# The BPE presets share one tokenizer (a 2048-token byte-level BPE trained on the corpus's training split)
+_BPE_2048 = TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",))
 _register(Preset(
     "gpt-bpe-baby", "gpt",
     # the baby GPT on BPE tokens: a context of 128 tokens is about 500 characters of Shakespeare
     GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
     TrainConfig(batch_size=16, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, weight_decay=0.1,
                 betas=(0.9, 0.99), grad_clip=1.0, eval_interval=250, eval_batches=20),
-    TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",)),
-    description="the baby GPT on a 2048-token byte-level BPE trained on the corpus",
+    _BPE_2048, description="the baby GPT on a 2048-token byte-level BPE trained on the corpus",
 ))
-
+# Llama and Gemma at gpt-bpe-baby's budget (4 layers, 128 wide, 128 tokens) train alike
+_LLAMA_TRAIN = TrainConfig(batch_size=16, max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
+                           betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=20)
 _register(Preset(
     "llama-bpe-baby", "llama",
-    # gpt-bpe-baby's budget (4 layers, 128 wide, 128 tokens, same tokenizer) as a Llama: RMSNorm, RoPE,
-    # 2 kv heads for 4 query heads, SwiGLU of 352 (Meta's 2/3 * 4 * 128 rounded up to 32), untied head
+    # RMSNorm, RoPE, 2 kv heads for 4 query heads, SwiGLU of 352 (Meta's 2/3 * 4 * 128 rounded up to 32), untied head
     LlamaConfig(block_size=128, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, multiple_of=32, rope_theta=10000.0),
-    TrainConfig(batch_size=16, max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
-                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=20),
-    TokenizerConfig(kind="bpe", vocab_size=2048, pattern="llama3", special_tokens=("<|endoftext|>",)),
-    description="a small Llama on the same 2048-token BPE as gpt-bpe-baby",
+    _LLAMA_TRAIN, _BPE_2048, description="a small Llama on the same 2048-token BPE as gpt-bpe-baby",
+))
+_register(Preset(
+    "gemma-bpe-baby", "gemma",
+    # (1 + w) RMSNorm, GeGLU, sqrt(d)-scaled embeddings, a tied head and one kv head
+    GemmaConfig(block_size=128, n_layer=4, n_head=4, n_kv_head=1, n_embd=128, intermediate_size=352),
+    _LLAMA_TRAIN, _BPE_2048, description="a small Gemma on the same 2048-token BPE as gpt-bpe-baby",
 ))
 
 # Vision-language on the shapes world (data/shapes.py), made by the project itself.

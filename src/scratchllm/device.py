@@ -1,0 +1,79 @@
+"""Devices and numeric precision, for training and inference alike.
+
+    device    auto: CUDA when present, else the CPU
+    precision auto: training runs bf16 autocast where the hardware multiplies bf16 natively
+              (AVX512-BF16 or AMX on a CPU, a bf16-capable GPU) and fp32 elsewhere; inference holds
+              the weights in bf16 on such a GPU and in fp32 on a CPU (where decoding small models
+              is bound by per-operation overhead, not by memory traffic)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+from scratchllm.errors import ScratchLLMError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N -> a device that exists here, or a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda"):
+        raise ScratchLLMError(f"unknown device '{name}'; use auto, cpu or cuda")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ScratchLLMError(f"unknown device '{name}'; use auto, cpu or cuda") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScratchLLMError(f"device '{name}' asked for, but no CUDA device is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ScratchLLMError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA device(s)); use cuda:0")
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _check(name: str) -> None:
+    if name not in PRECISIONS:
+        raise ScratchLLMError(f"precision '{name}' is not one of {', '.join(PRECISIONS)}")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The training precision: fp32 or bf16 (autocast, fp32 weights)."""
+    _check(name)
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return name
+
+
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype inference holds weights, activations and the KV cache in."""
+    _check(name)
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return DTYPES[name]
+
+
+def autocast(precision: str, device: torch.device):
+    """Matmuls in bf16 with fp32 weights and optimizer state; losses and softmax stay in fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

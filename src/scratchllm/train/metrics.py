@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from scratchllm.fileio import atomic_path, atomic_write
 
 
 class MetricsLog:
@@ -24,9 +25,7 @@ class MetricsLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def log(self, **record) -> None:
         self.records.append(record)
@@ -54,7 +53,6 @@ class MetricsLog:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = png.with_name(png.stem + ".tmp.png")
-        fig.savefig(tmp)
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
-        os.replace(tmp, png)

@@ -44,7 +44,7 @@ def main():
                       rope_theta=10000.0)
     ours = Llama(cfg).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        save_hf(ours, "llama", tmp)
+        save_hf(ours, tmp)
         hf = transformers.LlamaForCausalLM.from_pretrained(tmp).eval()
     prompt = torch.randint(cfg.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
     n = args.new_tokens

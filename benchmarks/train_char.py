@@ -21,7 +21,7 @@ from torch import nn
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
 from scratchllm.models import build_model
-from scratchllm.models.presets import get_preset
+from scratchllm.presets import get_preset
 from scratchllm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +40,11 @@ class HFCausalLM(nn.Module):
         self.hf = GPT2LMHeadModel(hf_cfg)
         self.config = cfg
 
-    def forward(self, x, y=None):
-        logits = self.hf(input_ids=x).logits
-        if y is None:
+    def forward(self, idx, targets=None):
+        logits = self.hf(input_ids=idx).logits
+        if targets is None:
             return logits
-        return logits, F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 def run(name, model, train_cfg, tokenizer, batches):

@@ -47,7 +47,7 @@ def test_train_bad_inputs(capsys, tmp_path):
     one_line_error(capsys, ["train", "--set", "n_embd=100", "--set", "n_head=3", *out], "not divisible by n_head=3")
     one_line_error(capsys, ["train", "--set", "n_lyers=2", *out], "unknown key")
     one_line_error(capsys, ["train", "--set", "n_layer=two", *out], "expected an integer")
-    one_line_error(capsys, ["train", "--max-steps", "ten", *out], "invalid _positive_int value")
+    one_line_error(capsys, ["train", "--max-steps", "ten", *out], "expected an integer, got 'ten'")
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "none"), *out], "does not exist")
     assert not (tmp_path / "run").exists()  # nothing was written by the failed runs
 

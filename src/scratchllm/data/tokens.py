@@ -85,8 +85,9 @@ def _safe_cut(text: str, i: int) -> bool:
     return text[i - 1] == "\n" and text[i].isalpha() and not text[i - 2].isspace()
 
 
-def prepare(source: str, tokenizer, out: str | Path, progress: bool = True) -> Path:
-    """Encode a corpus into `out/{train,val}.bin` with `tokenizer`; written atomically as a folder."""
+def prepare(source: str, tokenizer, out: str | Path, progress: bool = True, write_folder=write_folder_atomically) -> Path:
+    """Encode a corpus into `out/{train,val}.bin` with `tokenizer`, written as a whole folder by
+    `write_folder` (the cache swaps folders; `scratchllm prepare` writes only its own files)."""
     text = load_text(source)
     train_text, val_text = split_train_val(text)
 
@@ -101,26 +102,35 @@ def prepare(source: str, tokenizer, out: str | Path, progress: bool = True) -> P
                 "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.kind, "splits": counts}
         (folder / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n")
 
-    write_folder_atomically(Path(out), write)
+    write_folder(Path(out), write)
     return Path(out)
 
 
 def load_prepared(folder: str | Path):
-    """(tokenizer, train ids, val ids, meta) with the ids memory-mapped, not read."""
+    """(tokenizer, train ids, val ids, meta) with the ids memory-mapped, not read; every field of
+    tokens.json checked, and every id checked against the tokenizer's vocabulary."""
     folder = Path(folder)
+    bad = ScratchLLMError(f"{folder / TOKENS_META} is corrupt; prepare the data again")
     try:
-        meta = json.loads((folder / TOKENS_META).read_text())
+        meta = json.loads((folder / TOKENS_META).read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise ScratchLLMError(f"{folder / TOKENS_META} is corrupt; prepare the data again") from None
+        splits = {s: meta["splits"][s]["tokens"] for s in ("train", "val")}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise bad from None
+    if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32)) or \
+            any(type(n) is not int or n < 0 for n in splits.values()):
+        raise bad
     tokenizer = load_tokenizer(folder)
     arrays = []
     for split in ("train", "val"):
         path = folder / f"{split}.bin"
-        expected = meta["splits"][split]["tokens"] * dtype.itemsize
+        expected = splits[split] * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
             raise ScratchLLMError(f"{path} is missing or truncated ({expected} bytes expected); prepare the data again")
-        arrays.append(np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype))
+        ids = np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
+        if len(ids) and int(ids.max()) >= tokenizer.vocab_size:
+            raise ScratchLLMError(f"{path} holds id {int(ids.max())}, beyond the tokenizer's {tokenizer.vocab_size}; prepare the data again")
+        arrays.append(ids)
     return tokenizer, arrays[0], arrays[1], meta
 
 

@@ -79,6 +79,9 @@ class PaliGemma(nn.Module):
         n_patches = self.config.vision.num_patches
         rows = [[sp["<image>"]] * n_patches + [sp["<bos>"]] + tokenizer.encode(p + "\n") for p in prompts]
         B, L = len(rows), max(len(r) for r in rows)
+        if L + max_new_tokens > self.config.text.block_size:
+            raise ScratchLLMError(f"the image and prompt take {L} tokens; with {max_new_tokens} new ones that passes the "
+                                  f"model's context of {self.config.text.block_size}: ask for fewer tokens or a shorter prompt")
         ids = torch.full((B, L), sp["<pad>"], dtype=torch.long, device=pixels.device)
         valid = torch.zeros(B, L, dtype=torch.bool, device=pixels.device)
         for i, r in enumerate(rows):  # left padding: every row's prompt ends at the same position

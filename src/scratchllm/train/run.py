@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from scratchllm import checkpoint as ckpt
 from scratchllm.config import apply_overrides, from_dict, to_dict
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import FolderLock, check_output
 from scratchllm.models import get_spec
 from scratchllm.presets import DEFAULT_PRESET, get_preset
 from scratchllm.tokenizers import TokenizerConfig, load_tokenizer, load_tokenizer_path
@@ -47,8 +49,9 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
         configs = {"model": p.model, "train": p.train, "tokenizer": p.tokenizer}
         tokenizer = load_tokenizer_path(tokenizer_path) if tokenizer_path else None
         out_dir = Path(out) if out else Path("runs") / f"{p.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (out_dir / "latest").exists() or (out_dir / "best").exists():
+        if ckpt.is_run_folder(out_dir):
             raise ScratchLLMError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+        check_output(out_dir, force_flag=False)  # a new run starts in a new or empty folder: nothing of the user's is touched
     if spec.task is None:
         raise ScratchLLMError(f"a {spec.model_type} model is not trained by scratchllm")
     before = dict(configs)
@@ -64,14 +67,18 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
 
     dist_info = init_distributed(train_cfg.device)
     try:
-        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank and in every run
-        model = spec.build(model_cfg)
-        meta = {"model_type": spec.model_type, "model": to_dict(model_cfg), "preset": preset_name, "data": data,
-                "tokenizer": tokenizer.kind}
-        trainer = Trainer(model, train_cfg, tokenizer, batches, out_dir, meta=meta, dist_info=dist_info,
-                          resume_from=folder, progress=progress,
-                          task_metrics=lambda m: spec.task.metrics(m, batches))
-        summary = trainer.fit()
+        # one writer per run folder: rank 0 holds its lock, and first tidies what a crash left there
+        with FolderLock(out_dir) if dist_info.is_main else contextlib.nullcontext():
+            if dist_info.is_main:
+                ckpt.recover_run_folder(out_dir)
+            torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank and in every run
+            model = spec.build(model_cfg)
+            meta = {"model_type": spec.model_type, "model": to_dict(model_cfg), "preset": preset_name, "data": data,
+                    "tokenizer": tokenizer.kind}
+            trainer = Trainer(model, train_cfg, tokenizer, batches, out_dir, meta=meta, dist_info=dist_info,
+                              resume_from=folder, progress=progress,
+                              task_metrics=lambda m: spec.task.metrics(m, batches))
+            summary = trainer.fit()
     finally:
         shutdown(dist_info)
     summary["is_main"] = dist_info.is_main

@@ -82,12 +82,12 @@ class Trainer:
         from safetensors.torch import load_model
 
         state, tensors = ckpt.load_trainer_state(folder)
-        load_model(self.model, str(folder / ckpt.WEIGHTS), strict=True, device=str(self.device))
         try:
+            load_model(self.model, str(folder / ckpt.WEIGHTS), strict=True, device=str(self.device))
             self.optimizer.load_state_dict(ckpt.optimizer_state_from_flat(state["optimizer"], tensors))
-        except (ValueError, KeyError, RuntimeError, TypeError):
-            raise ScratchLLMError(f"the optimizer state in {folder} does not fit this model; resume without changing "
-                                  "the model, or start a new run") from None
+        except (ValueError, KeyError, RuntimeError, TypeError, OSError):
+            raise ScratchLLMError(f"the weights or optimizer state in {folder} do not fit its config (was config.json "
+                                  "edited?); resume an unchanged run, or start a new one") from None
         torch.set_rng_state(tensors["rng.torch"])
         self.batches.set_state(tensors["rng.batches"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
@@ -155,6 +155,9 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.resumed and self.step >= cfg.max_steps:
+            raise ScratchLLMError(f"the run in {self.out_dir} already finished at step {self.step}; "
+                                  f"to train it further, resume with --max-steps above {self.step}")
         tokens_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.batches.block_size
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, mininterval=0.5, desc="train")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
 
@@ -16,11 +17,37 @@ class _Parser(argparse.ArgumentParser):
         raise ScratchLLMError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
+def _count(low: int, high: int = 1 << 31):
+    """An argparse type: an integer from `low` to `high` - 1."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high - 1}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+_positive_int = _count(0)  # steps, tokens: 0 is allowed (no training, no sample)
+_seed = _count(0, 2**63)
+
+
+def _finite(low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"expected a number from {low} to {high}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def _device_options(p: argparse.ArgumentParser) -> None:
@@ -41,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="corpus: shakespeare (default), tinyshakespeare, or a path to a .txt file or folder")
     t.add_argument("--out", default=None, help="run folder (default runs/PRESET-TIMESTAMP)")
     t.add_argument("--max-steps", type=_positive_int, default=None, help="optimizer steps (default: the preset's)")
-    t.add_argument("--max-time", type=float, default=None, help="stop after this many seconds of training")
+    t.add_argument("--max-time", type=_finite(1e-3, 1e9), default=None, help="stop after this many seconds of training")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 autocast where the hardware is fast at it")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -57,13 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder (latest/, best/)")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     s.add_argument("--max-new-tokens", type=_positive_int, default=500)
-    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; otherwise from 0.01 to 100")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
     s.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop at this special token or single-token text (repeatable)")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=_seed, default=None)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slow; for checking)")
     _device_options(s)
 
@@ -71,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate on the whole validation split (the last 10%% of the corpus).")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on)")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    e.add_argument("--batch-size", type=_count(1, 1 << 16), default=32)
+    e.add_argument("--max-batches", type=_count(1), default=None, help="stop after this many batches")
     _device_options(e)
 
     a = sub.add_parser("ask", help="answer a question about an image (a PaliGemma checkpoint)",
@@ -80,19 +107,41 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checkpoint", required=True, help="a paligemma run or checkpoint folder")
     a.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
     a.add_argument("--prompt", required=True, help='e.g. "what color is the circle?"')
-    a.add_argument("--max-new-tokens", type=_positive_int, default=8)
+    a.add_argument("--max-new-tokens", type=_count(1, 1 << 16), default=8)
     _device_options(a)
 
-    c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder",
-                       description="Write config.json + model.safetensors (+ tokenizer.json) that transformers' from_pretrained loads.")
-    c.add_argument("checkpoint", help="a run folder or checkpoint folder (gpt with bias=true, or llama)")
-    c.add_argument("--to-hf", required=True, metavar="OUT", help="folder to write")
+    ch = sub.add_parser("chat", help="talk with a model in the terminal (or answer one --prompt)",
+                        description="An interactive chat: streamed replies, history, /reset, /exit; Ctrl-C stops a reply. "
+                                    "The model's own chat template is used (a plain one when it has none).")
+    ch.add_argument("--model", "--checkpoint", dest="model", required=True,
+                    help="a pretrained name (smollm2-135m-instruct), a .gguf file, a Hugging Face folder or a run")
+    ch.add_argument("--prompt", default=None, help="answer this one message and exit (for scripts)")
+    ch.add_argument("--system", default=None, help="a system prompt")
+    ch.add_argument("--max-new-tokens", type=_count(1, 1 << 20), default=256, help="the longest reply (default 256)")
+    ch.add_argument("--temperature", type=float, default=0.7, help="0 is greedy; otherwise from 0.01 to 100")
+    ch.add_argument("--top-k", type=int, default=None)
+    ch.add_argument("--top-p", type=float, default=None)
+    ch.add_argument("--min-p", type=float, default=None)
+    ch.add_argument("--seed", type=_seed, default=None)
+    _device_options(ch)
+
+    c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder or a GGUF file",
+                       description="Write config.json + model.safetensors (+ tokenizer.json) that transformers' "
+                                   "from_pretrained loads, or a GGUF file that llama.cpp loads.")
+    c.add_argument("checkpoint", help="a run or checkpoint folder, a Hugging Face folder, a .gguf file or a pretrained name")
+    to = c.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-hf", metavar="OUT", help="folder to write")
+    to.add_argument("--to-gguf", metavar="OUT.gguf", help="GGUF file to write (Llama models)")
+    c.add_argument("--type", choices=["f32", "f16", "bf16", "q8_0"], default="f16", help="GGUF weight type (default f16)")
+    c.add_argument("--force", action="store_true", help="write into a non-empty folder (only the files written are "
+                   "replaced) or over an existing file")
 
     p = sub.add_parser("prepare", help="encode a corpus into train/val token files",
                        description="Encode a corpus into memory-mappable train.bin / val.bin (uint16, or uint32 above 65,536 tokens).")
     p.add_argument("--data", default="shakespeare", help="corpus name or path (default shakespeare)")
     p.add_argument("--tokenizer", required=True, metavar="PATH|char", help="a tokenizer (folder or file), or 'char'")
     p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder (only the files written are replaced)")
 
     tk = sub.add_parser("tokenizer", help="train a BPE tokenizer, encode or decode with one",
                         description="Byte-level BPE tokenizers: train, encode, decode.")
@@ -104,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--special", action="append", default=[], metavar="TOKEN", help="a special token (repeatable)")
     tt.add_argument("--out", required=True, help="folder to write (tokenizer.model + tokenizer_meta.json)")
     tt.add_argument("--hf", action="store_true", help="also write a Hugging Face tokenizer.json")
+    tt.add_argument("--force", action="store_true", help="write into a non-empty folder (only the files written are replaced)")
     for action, what in (("encode", "text (argument or stdin) to ids"), ("decode", "ids (argument or stdin) to text")):
         ta = tsub.add_parser(action, help=what, description=f"Turn {what}.")
         ta.add_argument("--tokenizer", required=True, metavar="PATH")
@@ -148,14 +198,7 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
 
     if prompt == "":
         raise ScratchLLMError("the prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
-    if top_k is not None and top_k < 1:
-        raise ScratchLLMError(f"--top-k must be at least 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ScratchLLMError(f"--top-p must be in (0, 1], got {top_p}")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ScratchLLMError(f"--temperature must be >= 0, got {temperature}")
-    if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ScratchLLMError(f"--min-p must be in [0, 1], got {min_p}")
+    _check_sampling(temperature, top_k, top_p, min_p)
     lm = load_pretrained(checkpoint, device=device, precision=precision)
     lm.spec.require("sample", str(checkpoint))
     tokenizer = lm.tokenizer
@@ -176,6 +219,65 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
         sys.stdout.flush()
     sys.stdout.write(stream.flush())
     sys.stdout.flush()
+
+
+def _check_sampling(temperature, top_k, top_p, min_p) -> None:
+    if top_k is not None and top_k < 1:
+        raise ScratchLLMError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ScratchLLMError(f"--top-p must be in (0, 1], got {top_p}")
+    if not (temperature == 0 or 0.01 <= temperature <= 100):  # 1e-45 would turn every logit into inf
+        raise ScratchLLMError(f"--temperature must be 0 (greedy) or from 0.01 to 100, got {temperature}")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise ScratchLLMError(f"--min-p must be in [0, 1], got {min_p}")
+
+
+def cmd_chat(args) -> None:
+    from scratchllm.chat import ChatSession, Sampling
+    from scratchllm.checkpoint import load_pretrained
+
+    _check_sampling(args.temperature, args.top_k, args.top_p, args.min_p)
+    lm = load_pretrained(args.model, device=args.device, precision=args.precision)
+    session = ChatSession(lm, args.system, Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                                    args.min_p, args.seed))
+    if args.prompt is not None:
+        for piece in session.reply(args.prompt):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+        return
+    print(f"chatting with {args.model} ({lm.dtype}, {lm.device}); /reset forgets, /exit (or Ctrl-D) leaves, "
+          "Ctrl-C stops a reply", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        command = user.strip()
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/reset":
+            session.reset()
+            print("(the conversation is forgotten)", file=sys.stderr)
+            continue
+        if not command:
+            continue
+        try:
+            for piece in session.reply(user):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass  # the reply stops; the session goes on
+        except ScratchLLMError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        s = session.last
+        note = f"; {s.dropped_turns} oldest turn(s) left out to fit the context" if s.dropped_turns else ""
+        print(f"\n[{s.new_tokens} tokens, {s.tokens_per_s:.1f} tokens/s, {s.finish}{note}]", file=sys.stderr)
 
 
 def cmd_sample(args) -> None:
@@ -215,29 +317,47 @@ def cmd_ask(args) -> None:
 
 def cmd_convert(args) -> None:
     from scratchllm.checkpoint import load_pretrained
-    from scratchllm.interop.hf import save_hf
+    from scratchllm.fileio import check_output
 
+    if args.to_hf is not None:
+        check_output(args.to_hf, inputs=(args.checkpoint,), force=args.force)
+    else:
+        check_output(args.to_gguf, inputs=(args.checkpoint,), force=args.force, kind="file")
     lm = load_pretrained(args.checkpoint)
     lm.spec.require("convert", str(args.checkpoint))
-    out = save_hf(lm.model, args.to_hf, lm.tokenizer)
-    with_tokenizer = lm.tokenizer is not None and lm.tokenizer.kind == "bpe"
-    print(f"wrote {out} (config.json, model.safetensors{', tokenizer.json' if with_tokenizer else ''}); "
-          f"load it with transformers' AutoModelForCausalLM.from_pretrained('{out}')")
+    if args.to_hf is not None:
+        from scratchllm.interop.hf import save_hf
+
+        out = save_hf(lm.model, args.to_hf, lm.tokenizer)
+        with_tokenizer = lm.tokenizer is not None and lm.tokenizer.kind == "bpe"
+        print(f"wrote {out} (config.json, model.safetensors{', tokenizer.json' if with_tokenizer else ''}); "
+              f"load it with transformers' AutoModelForCausalLM.from_pretrained('{out}')")
+        return
+    from scratchllm.interop.gguf import save_gguf
+
+    if lm.tokenizer is not None and lm.tokenizer.kind != "bpe":
+        raise ScratchLLMError("GGUF holds byte-level BPE vocabularies; this model's tokenizer is character-level")
+    stops = dict(zip(("eos_id", "eot_id"), lm.stop_tokens))
+    out = save_gguf(lm.model, args.to_gguf, lm.tokenizer, file_type=args.type, chat_template=lm.chat_template, **stops)
+    print(f"wrote {out} ({args.type}); llama.cpp and transformers' from_pretrained(..., gguf_file=...) load it")
 
 
 def cmd_prepare(args) -> None:
     from scratchllm.data.corpora import load_text
     from scratchllm.data.tokens import prepare
-    from scratchllm.tokenizers import CharTokenizer
-    from scratchllm.tokenizers.io import load_tokenizer_path
+    from scratchllm.fileio import check_output, write_output_folder
+    from scratchllm.tokenizers import CharTokenizer, load_tokenizer_path
 
+    inputs = tuple(p for p in (args.data, args.tokenizer) if Path(p).exists())
+    check_output(args.out, inputs=inputs, force=args.force)
     tokenizer = CharTokenizer.train(load_text(args.data)) if args.tokenizer == "char" else load_tokenizer_path(args.tokenizer)
-    out = prepare(args.data, tokenizer, args.out)
+    out = prepare(args.data, tokenizer, args.out, write_folder=write_output_folder)
     print(f"wrote {out}/train.bin and {out}/val.bin; train with: scratchllm train --data {out}")
 
 
 def _read_input(value):
-    return value if value is not None else sys.stdin.read()
+    """The argument, or stdin decoded as UTF-8 (bytes that are not UTF-8 become U+FFFD, not an error)."""
+    return value if value is not None else sys.stdin.buffer.read().decode("utf-8", errors="replace")
 
 
 def cmd_tokenizer(args) -> None:
@@ -247,13 +367,13 @@ def cmd_tokenizer(args) -> None:
         from scratchllm.data.batches import split_train_val
         from scratchllm.data.corpora import load_text
         from scratchllm.tokenizers.bpe_train import train_bpe
+        from scratchllm.fileio import check_output, write_output_folder
         from scratchllm.tokenizers.formats import save_hf
 
+        check_output(args.out, inputs=tuple(p for p in (args.data,) if Path(p).exists()), force=args.force)
         train_text, _ = split_train_val(load_text(args.data))
         tok = train_bpe(train_text, args.vocab_size, args.pattern, args.special)
-        tok.save(args.out)
-        if args.hf:
-            save_hf(tok, f"{args.out}/tokenizer.json")
+        write_output_folder(args.out, lambda d: (tok.save(d), args.hf and save_hf(tok, d / "tokenizer.json")))
         print(f"trained {tok.vocab_size} tokens ({len(tok.ranks) - 256} merges, {len(tok.special_tokens)} special) -> {args.out}")
     elif args.tokenizer_command == "encode":
         tok = load_tokenizer_path(args.tokenizer)
@@ -272,7 +392,7 @@ def cmd_tokenizer(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer,
-            "convert": cmd_convert, "ask": cmd_ask}
+            "convert": cmd_convert, "ask": cmd_ask, "chat": cmd_chat}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,11 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     except ScratchLLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): not an error
+        return 0
+    except OSError as e:  # the filesystem's word on it: no space left, permission denied, a file where a folder goes
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot read or write{where}: {e.strerror or e}; free some space, fix the permissions or choose "
+              "another path (nothing already written was changed)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     done = [False] * len(prompts)  # kept in Python: a step's tokens come to the CPU anyway, to be yielded
 
     use_cache = use_cache and spec.generation == "cached"  # a bigram has nothing to cache
-    cache = model.new_cache(len(prompts), context, dtype, device) if use_cache else None
+    # the cache holds what this call can reach: a short reply from a long-context model (SmolLM2: 8192)
+    # need not allocate, and zero, the whole context
+    cache_len = min(context, batch.ids.size(1) + max_new_tokens)
+    cache = model.new_cache(len(prompts), cache_len, dtype, device) if use_cache else None
     logits = _forward_full(model, batch, cache)
     for _ in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator, min_p)
@@ -116,7 +119,7 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
         batch.append(nxt)
         if batch.ids.size(1) > context:  # the context is full: slide to the last half and prefill again
             batch.crop(max(1, context // 2))
-            cache = model.new_cache(len(prompts), context, dtype, device) if use_cache else None
+            cache = model.new_cache(len(prompts), cache_len, dtype, device) if use_cache else None
             logits = _forward_full(model, batch, cache)
         elif use_cache:
             pos = batch.last_positions[:, None]  # (B, 1)

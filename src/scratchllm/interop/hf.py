@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import write_folder_atomically
+from scratchllm.fileio import write_output_folder
 from scratchllm.models import ModelSpec, spec_for_hf, spec_of
 from scratchllm.models.spec import export_weights, import_weights
 
@@ -137,6 +137,37 @@ def load_hf_folder(folder: str | Path):
     return model, tokenizer
 
 
+def read_chat_settings(folder: Path, tokenizer) -> tuple[str | None, tuple[int, ...], dict[str, str]]:
+    """(chat template, ids that end a reply, {"bos_token": ..., "eos_token": ...}) from a folder's
+    tokenizer_config.json (and generation_config.json), where it has them."""
+    def read(name: str) -> dict:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    cfg, gen = read("tokenizer_config.json"), read("generation_config.json")
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # several named templates: the default one
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    names = {}
+    for key in ("bos_token", "eos_token"):
+        value = cfg.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            names[key] = value
+    stops = []
+    specials = tokenizer.special_tokens if tokenizer is not None else {}
+    if names.get("eos_token") in specials:
+        stops.append(specials[names["eos_token"]])
+    eos = gen.get("eos_token_id")
+    for i in eos if isinstance(eos, list) else [eos]:
+        if type(i) is int and i not in stops:
+            stops.append(i)
+    return (template if isinstance(template, str) else None), tuple(stops), names
+
+
 def save_hf(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
     """Write a folder that `transformers`' `from_pretrained` loads (and `load_hf_folder` reads back)."""
     from scratchllm.tokenizers.formats import save_hf as save_hf_tokenizer
@@ -149,5 +180,4 @@ def save_hf(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
         if tokenizer is not None and tokenizer.kind == "bpe":
             save_hf_tokenizer(tokenizer, tmp / "tokenizer.json")
 
-    write_folder_atomically(Path(folder), write)
-    return Path(folder)
+    return write_output_folder(folder, write)  # only its own files: `convert` checked the folder first

@@ -6,7 +6,8 @@ from scratchllm.layers.kv_cache import KVCache
 from scratchllm.layers.linear import Linear
 from scratchllm.layers.mlp import MLP, GatedMLP, llama_hidden_dim
 from scratchllm.layers.norms import RMSNorm
-from scratchllm.layers.rope import RopeScaling, apply_rope, interleaved_to_halves, inverse_frequencies, rope_cos_sin
+from scratchllm.layers.rope import (RopeScaling, apply_rope, halves_to_interleaved, interleaved_to_halves,
+                                   inverse_frequencies, rope_cos_sin)
 
 __all__ = ["Attention", "attend", "PreNormBlock", "KVCache", "padded_causal_mask", "Linear", "MLP", "GatedMLP", "llama_hidden_dim", "RMSNorm",
-           "RopeScaling", "apply_rope", "interleaved_to_halves", "inverse_frequencies", "rope_cos_sin"]
+           "RopeScaling", "apply_rope", "halves_to_interleaved", "interleaved_to_halves", "inverse_frequencies", "rope_cos_sin"]

@@ -65,7 +65,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 
 def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Permute the rows of a Meta-layout wq or wk (n_heads * d, dim) to the split-halves layout:
-    within each head, rows (0, 1, 2, 3, ...) -> (0, 2, 4, ..., 1, 3, 5, ...)."""
+    """Permute the rows of an interleaved-layout wq or wk (n_heads * d, dim: Meta's checkpoints,
+    llama.cpp's GGUF files) to the split-halves layout: within each head, rows
+    (0, 1, 2, 3, ...) -> (0, 2, 4, ..., 1, 3, 5, ...)."""
     d = w.size(0) // n_heads
-    return w.view(n_heads, d // 2, 2, w.size(1)).transpose(1, 2).reshape(n_heads * d, w.size(1))
+    return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def halves_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `interleaved_to_halves` (what llama.cpp's converter does to HF's wq and wk)."""
+    d = w.size(0) // n_heads
+    return w.reshape(n_heads, 2, d // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

@@ -86,9 +86,10 @@ class BPETokenizer:
         if any(not isinstance(s, str) or not s for s in self.special_tokens):
             raise ScratchLLMError("special tokens must be non-empty strings")
         self._regex = regex.compile(self.pattern)
-        missing = [b for b in range(256) if bytes([b]) not in self.ranks]
-        if missing:
-            raise ScratchLLMError(f"the vocabulary lacks {len(missing)} single bytes (e.g. {missing[0]}); a byte-level BPE needs all 256")
+        # A byte-level BPE normally holds all 256 single bytes. Some vocabularies leave out bytes that
+        # never occur in UTF-8 text (SmolLM2's lacks 21); a missing byte in the text is dropped, as
+        # llama.cpp and Hugging Face's tokenizers drop it.
+        self.missing_bytes = [b for b in range(256) if bytes([b]) not in self.ranks]
         self._decoder: dict[int, bytes] = {i: b for b, i in self.ranks.items()}
         if len(self._decoder) != len(self.ranks):
             raise ScratchLLMError("two tokens share one id in the vocabulary")
@@ -119,6 +120,9 @@ class BPETokenizer:
     def set_backend(self, backend: str) -> "BPETokenizer":
         """'python' (ours) or 'tiktoken' (the same ranks and pattern, encoded by tiktoken's Rust core)."""
         if backend == "tiktoken":
+            if self.missing_bytes:
+                raise ScratchLLMError(f"backend 'tiktoken' needs all 256 single bytes; this vocabulary lacks "
+                                      f"{len(self.missing_bytes)}: use the python backend")
             try:
                 import tiktoken
             except ImportError:
@@ -135,7 +139,11 @@ class BPETokenizer:
         if ids is None:
             data = chunk.encode("utf-8")
             direct = self.ranks.get(data)  # most chunks of ordinary text are whole tokens already
-            ids = (direct,) if direct is not None else tuple(self.ranks[p] for p in bpe_merge(data, self.ranks))
+            if direct is not None:
+                ids = (direct,)
+            else:
+                parts = bpe_merge(data, self.ranks)
+                ids = tuple(self.ranks[p] for p in parts if not self.missing_bytes or p in self.ranks)
             if len(self._cache) < 500_000:
                 self._cache[chunk] = ids
         return ids

@@ -1,0 +1,150 @@
+"""SmolLM2-135M-Instruct on this CPU: prefill and decode speed of scratchllm, transformers and llama.cpp.
+
+    python benchmarks/chat.py [--new-tokens 128] [--rounds 3] [--threads 2]
+
+All in one process, batch 1, greedy, on the same weights: the named model's Q4_1 GGUF, dequantized
+once. scratchllm and transformers' `generate` run in fp32 and in bf16 (the weights and the KV cache in
+that dtype); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`,
+never a dependency of the project) runs the Q4_1 file itself. Each path runs `--rounds` times,
+alternating, and its best round counts (this machine's speed drifts minute to minute). Prints
+tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
+measured here, which bounds decoding: tokens/s <= bandwidth / bytes per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+PROMPT = "Write a long story about a dragon who learns to read."
+LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 30) + " Summarise this text."
+
+
+def bandwidth_gb_s() -> float:
+    """Read bandwidth: the best of several passes summing a 512 MB fp32 tensor."""
+    x = torch.ones(128 * 2**20)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        x.sum()
+        best = max(best, x.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def ours_run(lm, ids: list[int], n: int):
+    """(prefill seconds, decode tokens/s, tokens) with scratchllm's generate (stop tokens off: exactly n)."""
+    from scratchllm.generate import generate
+
+    start = time.perf_counter()
+    first, tokens = None, []
+    for token in generate(lm.model, ids, n, temperature=0):
+        if first is None:
+            first = time.perf_counter()
+        tokens.append(token)
+    end = time.perf_counter()
+    return first - start, (len(tokens) - 1) / (end - first), tokens
+
+
+def hf_run(hf, ids: list[int], n: int):
+    """The same with transformers' generate; prefill timed as a 1-token generate."""
+    prompt = torch.tensor([ids])
+    kwargs = dict(attention_mask=torch.ones_like(prompt), do_sample=False, pad_token_id=0, eos_token_id=None)
+    start = time.perf_counter()
+    hf.generate(prompt, max_new_tokens=1, **kwargs)
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kwargs)[0, len(ids):].tolist()
+    total = time.perf_counter() - start
+    return prefill, (n - 1) / max(1e-9, total - prefill), out
+
+
+def llama_cpp_run(llm, ids: list[int], n: int):
+    """The same with llama.cpp on the Q4_1 file (greedy: argmax over its logits)."""
+    import numpy as np
+
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(ids)
+    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    first = time.perf_counter()
+    while len(tokens) < n:
+        llm.eval([tokens[-1]])
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    end = time.perf_counter()
+    return first - start, (n - 1) / (end - first), tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    import scratchllm
+    from scratchllm.chat_template import render_chat
+    from scratchllm.pretrained import pretrained_path
+
+    transformers.logging.set_verbosity_error()
+    path = pretrained_path("smollm2-135m-instruct")
+    ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16")}
+    tok, template = ours["fp32"].tokenizer, ours["fp32"].chat_template
+    hf32 = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    hf = {"fp32": hf32, "bf16": transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32).to(torch.bfloat16).eval()}
+    try:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
+                              logits_all=True, verbose=False)
+    except ImportError:
+        llm = None
+    n_params = sum(p.numel() for p in ours["fp32"].model.parameters())
+    bw = bandwidth_gb_s()
+    print(f"SmolLM2-135M-Instruct ({n_params / 1e6:.1f}M parameters), {args.new_tokens} new tokens, greedy, batch 1, "
+          f"{args.threads} threads; torch {torch.__version__}, transformers {transformers.__version__}"
+          + (f", llama-cpp-python {llama_cpp.__version__}" if llm else ", llama.cpp not installed"))
+    print(f"measured read bandwidth: {bw:.1f} GB/s")
+
+    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16")}
+    paths.update({f"transformers {p}": (lambda ids, n, p=p: hf_run(hf[p], ids, n)) for p in ("fp32", "bf16")})
+    if llm is not None:
+        paths["llama.cpp Q4_1"] = lambda ids, n: llama_cpp_run(llm, ids, n)
+    # bytes of weights one decoded token reads: every matrix once (the tied embedding as the output head)
+    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "Q4_1": n_params * 20 / 32}  # Q4_1: 20 bytes per 32 weights
+
+    for label, text in (("short prompt", PROMPT), ("long prompt", LONG_PROMPT)):
+        ids = tok.encode(render_chat([{"role": "user", "content": text}], template), allowed_special="all")
+        best: dict[str, tuple[float, float]] = {}
+        tokens = {}
+        with torch.inference_mode():
+            for name, run in paths.items():
+                run(ids, 4)  # warm-up
+            for _ in range(args.rounds):
+                for name, run in paths.items():
+                    prefill, decode, toks = run(ids, args.new_tokens)
+                    tokens[name] = toks
+                    b = best.get(name, (float("inf"), 0.0))
+                    best[name] = (min(b[0], prefill), max(b[1], decode))
+        print(f"\n{label}: {len(ids)} prompt tokens")
+        print(f"  {'':<20}{'prefill tok/s':>14}{'decode tok/s':>14}{'bound (bw)':>12}")
+        for name, (prefill, decode) in best.items():
+            dtype = name.split()[-1]
+            print(f"  {name:<20}{len(ids) / prefill:>14.0f}{decode:>14.1f}{bw * 1e9 / per_token[dtype]:>12.0f}")
+        for p in ("fp32", "bf16"):
+            ours_d, hf_d = best[f"scratchllm {p}"][1], best[f"transformers {p}"][1]
+            print(f"  decode, scratchllm / transformers {p}: {ours_d / hf_d:.2f}x   "
+                  f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']})")
+        if llm is not None:
+            q = best["llama.cpp Q4_1"][1]
+            print(f"  decode, scratchllm bf16 / llama.cpp Q4_1: {best['scratchllm bf16'][1] / q:.2f}x; "
+                  f"fp32 / llama.cpp: {best['scratchllm fp32'][1] / q:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

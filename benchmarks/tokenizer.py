@@ -1,6 +1,11 @@
 """BPE training time and encoding speed: scratchllm against HF `tokenizers` and `tiktoken`, one run.
 
     python benchmarks/tokenizer.py [--data PATH]
+    python benchmarks/tokenizer.py --long      # only: pathologically long pre-split chunks
+
+--long times one long "word" (a single chunk for the split pattern, which BPE merges as a whole:
+quadratic before the heap-based merge) through `scratchllm tokenizer encode` with GPT-2's files, at
+8K and 64K letters and 1 MB, against tiktoken on the same ranks, and checks the ids are equal.
 
 Training: ByteLevel BPE on TinyShakespeare with the GPT-2 split pattern at 512, 4096 and 8192 ids
 (best of 3 each). Encoding: MB/s on the whole corpus with GPT-2's 50,257-token vocabulary, for our
@@ -30,8 +35,11 @@ def best_of(fn, n=3):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-    ap.add_argument("--gpt2", default=str(ROOT.parent / "shared" / "data" / "gpt2"))
+    ap.add_argument("--gpt2", default=str(ROOT / "tests" / "data" / "gpt2"))
+    ap.add_argument("--long", action="store_true", help="only time pathologically long chunks (8K, 64K letters, 1 MB)")
     args = ap.parse_args()
+    if args.long:
+        return long_chunks(Path(args.gpt2))
 
     import tiktoken
     import tokenizers
@@ -89,6 +97,49 @@ def main():
     print("all four give identical ids")
     print(f"\npure Python / HF tokenizers:       {speeds['scratchllm (pure Python)'] / speeds['HF tokenizers']:.2f}x")
     print(f"tiktoken backend / raw tiktoken:   {speeds['scratchllm (tiktoken backend)'] / speeds['tiktoken']:.2f}x")
+
+
+def long_chunks(gpt2_dir: Path) -> None:
+    """Seconds to encode one long chunk: `scratchllm tokenizer encode` (the whole command, in this
+    process: load GPT-2's files, encode, print), our encoder alone (a fresh tokenizer), and tiktoken."""
+    import contextlib
+    import io
+    import random
+
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    from scratchllm.cli import main as cli
+    from scratchllm.tokenizers import BPETokenizer
+    from scratchllm.tokenizers.formats import load_gpt2
+    from scratchllm.tokenizers.patterns import GPT2
+
+    gpt2 = load_gpt2(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe")
+    ranks = data_gym_to_mergeable_bpe_ranks(str(gpt2_dir / "vocab.bpe"), str(gpt2_dir / "encoder.json"))
+    raw = tiktoken.Encoding("gpt2", pat_str=GPT2, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    rng = random.Random(0)
+    letters = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(1 << 20))
+    cases = {"8K-letter word": "a" * 8192, "8K random letters": letters[:8192], "64K-letter line": "a" * 65536,
+             "64K random letters": letters[:65536], "1 MB line (one chunk)": letters}
+    print(f"one chunk of N letters, seconds (the command includes loading GPT-2's files):\n"
+          f"{'':<24}{'tokenizer encode':>18}{'encode only':>14}{'tiktoken':>12}{'ours/tiktoken':>15}")
+    for name, line in cases.items():
+        out = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(out):
+            assert cli(["tokenizer", "encode", "--tokenizer", str(gpt2_dir), line]) == 0
+        command = time.perf_counter() - start
+        fresh = BPETokenizer(gpt2.ranks, gpt2.pattern, gpt2.special_tokens)
+
+        def encode_uncached():  # the chunk cache would make every run after the first free
+            fresh._cache.clear()
+            return fresh.encode_ordinary(line)
+
+        ours, ids = best_of(encode_uncached, n=1 if len(line) > 1e5 else 3)
+        theirs, ref = best_of(lambda: raw.encode_ordinary(line))
+        assert ids == ref and [int(i) for i in out.getvalue().split()] == ref, f"{name}: ids differ from tiktoken's"
+        print(f"{name:<24}{command:>18.3f}{ours:>14.3f}{theirs:>12.4f}{ours / theirs:>14.0f}x")
+    print("ids equal tiktoken's in every case")
 
 
 if __name__ == "__main__":

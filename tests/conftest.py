@@ -129,3 +129,37 @@ def smollm2_path(smollm2_cache) -> Path:
     from scratchllm.pretrained import pretrained_path
 
     return pretrained_path("smollm2-135m-instruct", cache=smollm2_cache)
+
+
+# -- nothing lost: every byte under some folders, before and after a command ----------------------
+
+def tree_state(*roots: Path) -> dict[str, str]:
+    """Each path under `roots` (links not followed) -> "dir", "link:TARGET", "special" (FIFO, device)
+    or the sha256 of the file's bytes; a root that does not exist -> "absent". Two equal states mean
+    nothing there was created, deleted, renamed or changed."""
+    import stat
+
+    def entry(path: str) -> str:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            return "link:" + os.readlink(path)
+        if stat.S_ISDIR(mode):
+            return "dir"
+        if not stat.S_ISREG(mode):
+            return "special"
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    state: dict[str, str] = {}
+    for root in map(str, roots):
+        if not os.path.lexists(root):
+            state[root] = "absent"
+            continue
+        state[root] = entry(root)
+        for folder, dirs, files in os.walk(root):  # does not follow links
+            for name in dirs + files:
+                state[os.path.join(folder, name)] = entry(os.path.join(folder, name))
+    return state

@@ -91,7 +91,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(small_corpus, tmp_path):
     big = make_trainer(small_corpus, tmp_path / "a", precision="fp32", batch_size=8, grad_accum=1)
     acc = make_trainer(small_corpus, tmp_path / "b", precision="fp32", batch_size=4, grad_accum=2)
     for _ in range(5):
-        assert big.train_step() == pytest.approx(acc.train_step(), rel=1e-5)
+        assert big.train_step().item() == pytest.approx(acc.train_step().item(), rel=1e-5)
     for p, q in zip(big.model.parameters(), acc.model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
 
@@ -212,4 +212,4 @@ def test_compiled_training_matches_eager(small_corpus, tmp_path):
     eager = make_trainer(small_corpus, tmp_path / "a", precision="fp32")
     compiled = make_trainer(small_corpus, tmp_path / "b", precision="fp32", compile=True)
     for _ in range(3):
-        assert compiled.train_step() == pytest.approx(eager.train_step(), rel=1e-4)
+        assert compiled.train_step().item() == pytest.approx(eager.train_step().item(), rel=1e-4)

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchllm.config import from_dict
 from scratchllm.device import inference_dtype, resolve_device
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import write_folder_atomically
+from scratchllm.fileio import JSON_ERRORS, write_folder_atomically
 from scratchllm.models import ModelSpec, get_spec, spec_of
 from scratchllm.tokenizers import load_tokenizer
 
@@ -42,12 +42,13 @@ FORMAT = "scratchllm"
 FORMAT_VERSION = 2
 
 
-def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any], tokenizer,
+def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any], tokenizer,
                     trainer_state: dict[str, Any] | None = None,
                     state_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint folder: `weights` is the model's state dict (whole, as one process holds it)."""
     def write(tmp: Path) -> None:
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}, indent=2) + "\n")
-        save_model(model, str(tmp / WEIGHTS))
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
         tokenizer.save(tmp)
         if trainer_state is not None:
             (tmp / STATE_JSON).write_text(json.dumps(trainer_state, indent=2) + "\n")
@@ -87,7 +88,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except JSON_ERRORS as e:
         raise ScratchLLMError(f"{folder / CONFIG} is unreadable or not JSON ({e.__class__.__name__}); the checkpoint is corrupt") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model_type"), str):
         raise ScratchLLMError(f"{folder / CONFIG} is not a scratchllm checkpoint config")
@@ -142,21 +143,25 @@ def load_trainer_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Te
         raise ScratchLLMError(f"{folder} has no trainer state to resume from; it holds weights only (use it with sample or eval)")
     try:
         state = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except JSON_ERRORS:
         raise ScratchLLMError(f"{json_path} is corrupt; resume from another run or start again") from None
     tensors = read_safetensors(tensor_path)
     ok = (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0
           and (state.get("best_val") is None or (isinstance(state["best_val"], (int, float)) and math.isfinite(state["best_val"])))
           and isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("param_groups"), list)
           and isinstance(state["optimizer"].get("scalars"), dict) and {"rng.torch", "rng.batches"} <= set(tensors))
+    for name in ("rng.torch", "rng.batches") if ok else ():
+        try:
+            torch.Generator().set_state(tensors[name])  # a random-number state of the right size and content
+        except (RuntimeError, TypeError):
+            ok = False
     if not ok:
         raise ScratchLLMError(f"trainer state in {folder} is incomplete or corrupt; resume from another run or start again")
     return state, tensors
 
 
-def optimizer_state_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def optimizer_state_to_flat(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Split an optimizer state dict into JSON-able values and named tensors (safetensors cannot nest)."""
-    sd = opt.state_dict()
     tensors, scalars = {}, {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
@@ -167,7 +172,12 @@ def optimizer_state_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, Any],
     return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
 
 
-def optimizer_state_from_flat(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def optimizer_state_from_flat(info: dict[str, Any], tensors: dict[str, torch.Tensor],
+                              like: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """The optimizer state dict back from its flat form. With `like` (the AdamW it is for) it is
+    checked before it is loaded: the same groups over the same parameters, each setting of the same
+    type, and for each parameter a step and moments of the parameter's shape. The state of another
+    model, or an edited one, is a one-line error here instead of a crash at the first step."""
     state: dict[int, dict[str, Any]] = {}
     try:
         for key, v in tensors.items():
@@ -179,7 +189,38 @@ def optimizer_state_from_flat(info: dict[str, Any], tensors: dict[str, torch.Ten
             state.setdefault(int(idx), {})[name] = v
     except ValueError:
         raise ScratchLLMError("the optimizer state in the trainer state is corrupt; resume from another run") from None
+    if like is not None and not _fits(state, info["param_groups"], like):
+        raise ScratchLLMError("the optimizer state in the trainer state does not fit this model and optimizer; "
+                              "resume an unchanged run, or start a new one")
     return {"state": state, "param_groups": info["param_groups"]}
+
+
+def _fits(state: dict[int, dict[str, Any]], groups: Any, like: torch.optim.Optimizer) -> bool:
+    def same_kind(saved, current) -> bool:
+        if isinstance(current, (list, tuple)):
+            return isinstance(saved, list) and len(saved) == len(current) and all(map(same_kind, saved, current))
+        if isinstance(current, (int, float)) and not isinstance(current, bool):
+            return type(saved) in (int, float) and math.isfinite(saved)
+        return type(saved) is type(current)  # bool, None, str
+
+    current = like.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(current):
+        return False
+    for saved, now in zip(groups, current):
+        if not isinstance(saved, dict) or set(saved) != set(now) or saved["params"] != now["params"] or \
+                any(type(i) is not int for i in saved["params"]) or \
+                not all(same_kind(saved[k], v) for k, v in now.items() if k != "params"):
+            return False
+    params = [p for g in like.param_groups for p in g["params"]]
+    moments = {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if like.defaults.get("amsgrad") else set())
+    for idx, st in state.items():
+        if not 0 <= idx < len(params) or (st and set(st) != moments | {"step"}):
+            return False
+        for name, v in st.items():
+            if not (torch.is_tensor(v) and v.is_floating_point()
+                    and (v.shape == params[idx].shape if name != "step" else v.dim() == 0 and bool(v >= 0))):
+                return False
+    return True
 
 
 # -- inference -------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-time", type=_finite(1e-3, 1e9), default=None, help="stop after this many seconds of training")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 autocast where the hardware is fast at it")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun: shard parameters, gradients and optimizer state across processes (FSDP2)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model or trainer field, e.g. --set n_layer=6 --set lr=3e-4 (repeatable)")
     t.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (a run folder or checkpoint)")
@@ -125,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=_seed, default=None)
     _device_options(ch)
 
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a playground page",
+                        description="Serve a model over HTTP: GET /v1/models, POST /v1/completions and "
+                                    "/v1/chat/completions (OpenAI's API, streaming included), GET /health, and a "
+                                    "chat page at /. Concurrent requests share one batched KV cache.")
+    sv.add_argument("--model", "--checkpoint", dest="model", required=True,
+                    help="a pretrained name (smollm2-135m-instruct), a .gguf file, a Hugging Face folder or a run")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_count(0, 65536), default=8000, help="port (default 8000; 0: any free port)")
+    sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health "
+                    "(default: $SCRATCHLLM_API_KEY; none when unset)")
+    sv.add_argument("--name", default=None, help="the model's id in the API (default: --model as given)")
+    sv.add_argument("--max-batch", type=_count(1, 1025), default=8, help="requests generated together (default 8)")
+    sv.add_argument("--max-len", type=_count(1), default=2048,
+                    help="positions of each row of the KV cache: prompt + reply (default 2048, or the model's context if shorter)")
+    sv.add_argument("--queue", type=_count(1, 1 << 20), default=64, help="requests that may wait for a row; more get 503 (default 64)")
+    sv.add_argument("--threads", type=_count(1, 1025), default=None,
+                    help="torch threads for a model on the CPU (default: all cores but one, left for HTTP)")
+    _device_options(sv)
+
     c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder or a GGUF file",
                        description="Write config.json + model.safetensors (+ tokenizer.json) that transformers' "
                                    "from_pretrained loads, or a GGUF file that llama.cpp loads.")
@@ -170,7 +191,7 @@ def cmd_train(args) -> None:
     summary = train(preset=args.preset, data=args.data, out=args.out, overrides=args.overrides,
                     max_steps=args.max_steps, max_time=args.max_time, precision=args.precision,
                     compile=args.compile, resume=args.resume, tokenizer_path=args.tokenizer,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, fsdp=args.fsdp)
     if not summary["is_main"]:
         return
     out, spec = summary["out"], get_spec(summary["model_type"])
@@ -278,6 +299,27 @@ def cmd_chat(args) -> None:
         s = session.last
         note = f"; {s.dropped_turns} oldest turn(s) left out to fit the context" if s.dropped_turns else ""
         print(f"\n[{s.new_tokens} tokens, {s.tokens_per_s:.1f} tokens/s, {s.finish}{note}]", file=sys.stderr)
+
+
+def cmd_serve(args) -> None:
+    import os
+
+    from scratchllm.checkpoint import load_pretrained
+    from scratchllm.serve import run
+
+    lm = load_pretrained(args.model, device=args.device, precision=args.precision)
+    lm.spec.require("serve", str(args.model))
+    name = args.name or str(args.model).rstrip("/")
+    key = args.api_key if args.api_key is not None else os.environ.get("SCRATCHLLM_API_KEY")
+
+    def ready(url: str) -> None:
+        print(f"serving {name} ({lm.dtype}, {lm.device}) at {url}/v1 (playground: {url}/){'; key required' if key else ''}; "
+              "Ctrl-C stops", flush=True)
+
+    try:
+        run(lm, name, args.host, args.port, key, args.max_batch, args.max_len, args.queue, args.threads, on_ready=ready)
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly
+        print("stopped", file=sys.stderr)
 
 
 def cmd_sample(args) -> None:
@@ -392,7 +434,7 @@ def cmd_tokenizer(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer,
-            "convert": cmd_convert, "ask": cmd_ask, "chat": cmd_chat}
+            "convert": cmd_convert, "ask": cmd_ask, "chat": cmd_chat, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+# What reading a JSON file can raise: OSError (missing, a folder, unreadable), ValueError (not UTF-8,
+# not JSON, an integer of more than 4,300 digits) and RecursionError (arrays nested deeper than the
+# parser's stack). A reader catches all three and turns them into its own one-line error.
+JSON_ERRORS = (OSError, ValueError, RecursionError)
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -62,10 +68,17 @@ def write_folder_atomically(final: str | Path, write: Callable[[Path], None]) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
+    try:
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except BaseException:  # a rename refused (read-only, I/O error) or interrupted: undo, leave no temporary
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            with contextlib.suppress(OSError):
+                os.rename(old, final)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -7,12 +7,16 @@ Rows of different lengths are left-padded: padding is masked out of attention an
 real tokens only, so each row generates exactly what it would alone. When a row reaches the
 model's context, every row is cropped to the last half-context and prefilled again (a sliding
 window at the cost of one prefill per half-context of tokens).
+
+`Engine` is the same loop for a server (continuous batching): requests come and go between steps,
+each in its own row of one KV cache, each row at its own length.
 """
 
 from __future__ import annotations
 
 import codecs
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Collection, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -152,3 +156,174 @@ class TextStream:
 
     def flush(self) -> str:
         return self.decoder.decode(b"", final=True)
+
+
+# -- continuous batching: the server's engine -----------------------------------------------------
+
+@dataclass(eq=False)
+class Request:
+    """One prompt for the `Engine` and how to sample its continuation (the options of `generate`)."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop_tokens: Collection[int] = ()
+    logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k likeliest
+    cancelled: bool = False  # set from any thread; the engine drops the request at its next step
+
+
+@dataclass
+class Token:
+    """What a step gave one request: its new token (None for a stop token, which ends the reply and
+    is not part of it), why the request finished (None while it goes on) and, when asked for, the
+    log-probability of the token and of the likeliest ones, [(id, logprob), ...]."""
+
+    request: Request
+    token: int | None
+    finish: str | None = None  # "stop" (a stop token) or "length" (max_new_tokens)
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass(eq=False)
+class _Row:
+    request: Request
+    index: int  # the row of the cache it holds
+    generator: torch.Generator
+    length: int  # positions of the cache it has written
+    tokens: list[int] = field(default_factory=list)  # everything so far ("recompute" models only)
+    last: int = 0  # the token sampled last: the next step feeds it
+    generated: int = 0
+
+
+class Engine:
+    """Continuous batching: requests join the running batch between steps and leave when done.
+
+        add(request)  ──> its prompt prefilled alone into a free row of the cache ──> its first token
+        step()        ──> one forward pass of (rows, 1): the next token of every running request
+
+    One KV cache of (max_batch, max_len) is allocated once, in the model's dtype on its device. Each
+    row holds one request at its own length: positions count that request's tokens, each row writes
+    its new keys where it has got to, and a (rows, 1, 1, S) key mask lets it see its own keys only
+    (stale keys of an earlier request and keys past its length are hidden). So a request generates
+    what it would alone: greedy, the same tokens; sampled, the same tokens for the same seed, since
+    each request draws from its own seeded generator. A request takes the lowest free row and a
+    step covers rows 0 .. the highest busy one, so a lone request runs at batch 1, as `generate`.
+
+    Not thread-safe: one thread owns it (serve/worker.py); only `Request.cancelled` may be set from
+    elsewhere. A model whose spec generates by "recompute" (the bigram) runs the whole of each row,
+    cropped to its context, at every step, with no cache and no length limit (`max_len` is None).
+    """
+
+    def __init__(self, model: nn.Module, max_batch: int = 8, max_len: int | None = None):
+        spec = spec_of(model)
+        if spec.generation is None:
+            raise ScratchLLMError(f"a {spec.model_type} model does not generate text from a prompt")
+        if max_batch < 1:
+            raise ScratchLLMError(f"max_batch must be at least 1, got {max_batch}")
+        weights = next(model.parameters())
+        self.model, self.device, self.dtype = model, weights.device, weights.dtype
+        self.context = model.config.block_size
+        self.cached = spec.generation == "cached"
+        self.max_len = min(max_len or self.context, self.context) if self.cached else None
+        self.cache = model.new_cache(max_batch, self.max_len, self.dtype, self.device) if self.cached else None
+        self.rows: list[_Row | None] = [None] * max_batch
+
+    @property
+    def free_rows(self) -> int:
+        return self.rows.count(None)
+
+    @property
+    def running(self) -> list[Request]:
+        return [r.request for r in self.rows if r is not None]
+
+    @torch.inference_mode()
+    def add(self, request: Request) -> list[Token]:
+        """Prefill the request's prompt into a free row and sample its first token."""
+        prompt = list(request.prompt)
+        if not prompt:
+            raise ScratchLLMError("every prompt needs at least one token")
+        if request.max_new_tokens < 1:
+            raise ScratchLLMError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+        if self.max_len is not None and len(prompt) + request.max_new_tokens > self.max_len:
+            raise ScratchLLMError(f"{len(prompt)} prompt tokens and {request.max_new_tokens} new ones do not fit "
+                                  f"the {self.max_len} positions of a row")
+        if None not in self.rows:
+            raise ScratchLLMError("every row of the engine is busy; wait for a request to finish")
+        index = self.rows.index(None)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
+        row = _Row(request, index, generator, len(prompt), prompt if not self.cached else [])
+        if self.cached:  # exactly generate()'s prefill of one prompt, into this row's part of the cache
+            ids = torch.tensor([prompt], device=self.device)
+            positions = torch.arange(len(prompt), device=self.device)[None]
+            logits = self.model(ids, positions=positions, cache=self.cache.rows(index, index + 1))[:, -1, :]
+        else:
+            logits = _forward_full(self.model, _Batch([prompt[-self.context:]], self.device))
+        self.rows[index] = row
+        return self._sample([row], logits)
+
+    @torch.inference_mode()
+    def step(self) -> list[Token]:
+        """One token for every running request (cancelled ones are dropped first)."""
+        for i, row in enumerate(self.rows):
+            if row is not None and row.request.cancelled:
+                self.rows[i] = None
+        busy = [row for row in self.rows if row is not None]
+        if not busy:
+            return []
+        n = busy[-1].index + 1  # rows 0 .. n - 1; a free row among them computes a dummy token
+        rows = self.rows[:n]
+        if self.cached:
+            lengths = torch.tensor([r.length if r else 0 for r in rows], device=self.device)  # where each writes
+            span = max(r.length for r in busy) + 1
+            cache = self.cache.rows(0, n)
+            cache.write_rows_at(lengths, span)
+            # row i sees keys 0 .. lengths[i]: its own; one row alone sees all it has, as generate() does
+            mask = (torch.arange(span, device=self.device)[None, :] <= lengths[:, None])[:, None, None, :] if n > 1 else None
+            tokens = torch.tensor([r.last if r else 0 for r in rows], device=self.device)[:, None]
+            logits = self.model(tokens, positions=lengths[:, None], cache=cache, mask=mask)[:, -1, :]
+        else:
+            batch = _Batch([r.tokens[-self.context:] if r else [0] for r in rows], self.device)
+            logits = _forward_full(self.model, batch)
+        for r in busy:
+            r.length += 1
+        if len(busy) < n:
+            logits = logits[[r.index for r in busy]]
+        return self._sample(busy, logits)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[Token]:
+        """The next token of each row from its logits (rows, V), with its request's own options and generator."""
+        if all(r.request.temperature <= 0 for r in rows):
+            picked = logits.argmax(dim=-1)
+        else:
+            picked = torch.cat([sample_next(logits[i:i + 1], r.request.temperature, r.request.top_k, r.request.top_p,
+                                            r.generator, r.request.min_p) for i, r in enumerate(rows)])
+        out = []
+        for i, (r, token) in enumerate(zip(rows, picked.tolist())):
+            req = r.request
+            r.generated += 1
+            r.last = token
+            if not self.cached:
+                r.tokens.append(token)
+            stop = token in req.stop_tokens
+            step = Token(req, None if stop else token,
+                         "stop" if stop else "length" if r.generated >= req.max_new_tokens else None)
+            if req.logprobs is not None:
+                step.logprob, step.top_logprobs = _logprobs(logits[i], req.temperature, token, req.logprobs)
+            if step.finish is not None:
+                self.rows[r.index] = None
+            out.append(step)
+        return out
+
+
+def _logprobs(logits: torch.Tensor, temperature: float, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """log p(token) under the distribution it was sampled from (logits / temperature; greedy: the logits),
+    and the k likeliest tokens with theirs."""
+    logp = torch.log_softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
+    top = torch.topk(logp, min(k, logp.size(-1))) if k > 0 else None
+    return float(logp[token]), list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []

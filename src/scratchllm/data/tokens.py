@@ -22,7 +22,7 @@ from tqdm import tqdm
 from scratchllm.data.batches import split_train_val
 from scratchllm.data.corpora import CORPUS_NAMES, cache_dir, load_text
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import write_folder_atomically
+from scratchllm.fileio import JSON_ERRORS, write_folder_atomically
 from scratchllm.tokenizers import CharTokenizer, TokenizerConfig, load_tokenizer
 
 TOKENS_META = "tokens.json"
@@ -115,7 +115,7 @@ def load_prepared(folder: str | Path):
         meta = json.loads((folder / TOKENS_META).read_text(encoding="utf-8"))
         dtype = np.dtype(meta["dtype"])
         splits = {s: meta["splits"][s]["tokens"] for s in ("train", "val")}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+    except (*JSON_ERRORS, KeyError, TypeError):
         raise bad from None
     if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32)) or \
             any(type(n) is not int or n < 0 for n in splits.values()):

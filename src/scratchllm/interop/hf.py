@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import write_output_folder
+from scratchllm.fileio import JSON_ERRORS, write_output_folder
 from scratchllm.models import ModelSpec, spec_for_hf, spec_of
 from scratchllm.models.spec import export_weights, import_weights
 
@@ -27,7 +27,7 @@ from scratchllm.models.spec import export_weights, import_weights
 def is_hf_folder(path: Path) -> bool:
     try:
         cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except JSON_ERRORS:
         return False
     return isinstance(cfg, dict) and "model_type" in cfg and cfg.get("format") != "scratchllm"
 
@@ -43,7 +43,7 @@ def _weight_files(folder: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+    except (*JSON_ERRORS, KeyError, TypeError, AttributeError):
         raise ScratchLLMError(f"{index} is corrupt; it should map tensor names to shard files") from None
     root = folder.resolve()
     shards = []
@@ -81,7 +81,7 @@ _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "
 def read_config(folder: Path) -> dict[str, Any]:
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except JSON_ERRORS:
         raise ScratchLLMError(f"{folder / 'config.json'} is missing or not JSON") from None
     if not isinstance(hf, dict):
         raise ScratchLLMError(f"{folder / 'config.json'} is not a JSON object")
@@ -143,7 +143,7 @@ def read_chat_settings(folder: Path, tokenizer) -> tuple[str | None, tuple[int, 
     def read(name: str) -> dict:
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        except JSON_ERRORS:
             return {}
         return data if isinstance(data, dict) else {}
 

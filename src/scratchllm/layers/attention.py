@@ -147,12 +147,15 @@ class Attention(nn.Module):
         if context is None:
             # (B, T, heads * D) -> (B, heads, T, D): H query heads, then KV key and KV value heads
             qkv = self.qkv(x).view(B, T, H + 2 * KV, D).transpose(1, 2)
-            qk, v = qkv.split_with_sizes([H + KV, KV], dim=1)  # (Tensor.split is a Python wrapper: slower per call)
-            if self.q_norm is not None:
-                qk = torch.cat([self.q_norm(qk[:, :H]), self.k_norm(qk[:, H:])], dim=1)
-            if rope is not None:
-                qk = apply_rope(qk, *rope)  # query and key heads rotated together: the same positions
-            q, k = qk.split_with_sizes([H, KV], dim=1)
+            if rope is None and self.q_norm is None:  # one split: its backward is one cat kernel, not two
+                q, k, v = qkv.split_with_sizes([H, KV, KV], dim=1)  # (Tensor.split is a Python wrapper: slower per call)
+            else:
+                qk, v = qkv.split_with_sizes([H + KV, KV], dim=1)
+                if self.q_norm is not None:
+                    qk = torch.cat([self.q_norm(qk[:, :H]), self.k_norm(qk[:, H:])], dim=1)
+                if rope is not None:
+                    qk = apply_rope(qk, *rope)  # query and key heads rotated together: the same positions
+                q, k = qk.split_with_sizes([H, KV], dim=1)
         else:  # cross-attention (SigLIP's pooling head): queries from x, keys and values from the context,
             # the same weights split by output columns; no positions, no QK-norm
             w_q, w_kv = self.qkv.weight.split([H * D, 2 * KV * D], dim=1)

@@ -57,4 +57,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve"}),
     hf=HFFormat(("gemma",), config_from_hf, LLAMA_WEIGHTS),
+    shard_units=lambda model: model.blocks,
 ))

@@ -139,4 +139,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert"}),
     hf=HFFormat(("gpt2",), _config_from_hf, GPT2_WEIGHTS, _config_to_hf),
+    shard_units=lambda model: model.blocks,
 ))

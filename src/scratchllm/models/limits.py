@@ -6,14 +6,18 @@ from __future__ import annotations
 from scratchllm.errors import ScratchLLMError
 
 MAX_SIZE = 1 << 24  # no width, depth, context or vocabulary here is 16M or more; a value that big is a typo or an attack
+# Layers are modules, built one by one even on the meta device (about 1.5 ms each): 16M of them would
+# take hours before the memory check could refuse them. The deepest real models have ~130 layers.
+MAX_LAYERS = 1 << 10
 
 
 def check_sizes(config, *names: str, allow_zero: tuple[str, ...] = ("vocab_size",)) -> None:
-    """Each named integer field at least 1 (0 allowed for those set later, like vocab_size) and below MAX_SIZE."""
+    """Each named integer field at least 1 (0 allowed for those set later, like vocab_size) and below
+    MAX_SIZE (n_layer: below MAX_LAYERS)."""
     for name in names:
         value = getattr(config, name)
         if value is None:
             continue
-        low = 0 if name in allow_zero else 1
-        if not low <= value < MAX_SIZE:
-            raise ScratchLLMError(f"{name} must be from {low} to {MAX_SIZE - 1}, got {value}")
+        low, high = (0 if name in allow_zero else 1), (MAX_LAYERS if name == "n_layer" else MAX_SIZE)
+        if not low <= value < high:
+            raise ScratchLLMError(f"{name} must be from {low} to {high - 1}, got {value}")

@@ -233,4 +233,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert"}),
     hf=HFFormat(("llama", "qwen3"), _config_from_hf, LLAMA_WEIGHTS, _config_to_hf),
+    shard_units=lambda model: model.blocks,
 ))

@@ -132,20 +132,26 @@ class ModelSpec:
     generation: str | None = None  # "cached": KV-cache decoding; "recompute": the whole context each step
     commands: frozenset[str] = field(default_factory=frozenset)
     hf: HFFormat | None = None
+    shard_units: Callable[[nn.Module], Any] | None = None  # the blocks FSDP shards one by one (None: no FSDP)
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)
+
+    def build_meta(self, config, where: str, copies: int = 1) -> nn.Module:
+        """The model built on the meta device (shapes only, no memory), once `copies` times its weights
+        are known to fit in free memory (training holds 4: weights, gradients, AdamW's two moments)."""
+        with torch.device("meta"):
+            model = self.build(config)
+        check_memory(copies * sum(t.numel() * t.element_size() for t in model.state_dict().values()), where)
+        return model
 
     def from_weights(self, config, tensors: dict[str, torch.Tensor], where: str) -> nn.Module:
         """A model with these weights, checked before anything is allocated: the model is built on
         the meta device (shapes only), its size is checked against free memory, every tensor's name,
         shape and dtype against the model's, and only then are the weights put in place (no random
         initialisation is computed and thrown away)."""
-        with torch.device("meta"):
-            model = self.build(config)
+        model = self.build_meta(config, where)
         expected = model.state_dict()
-        need = sum(t.numel() * t.element_size() for t in expected.values())
-        check_memory(need, where)
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             raise ScratchLLMError(f"{where}: the weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -15,7 +15,7 @@ from pathlib import Path
 import regex
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_write
+from scratchllm.fileio import JSON_ERRORS, atomic_write
 from scratchllm.tokenizers.patterns import resolve_pattern
 from scratchllm.tokenizers.ranks import read_ranks, write_ranks
 
@@ -225,7 +225,7 @@ class BPETokenizer:
         try:
             meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
             pattern, specials = meta["pattern"], meta["special_tokens"]
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        except (*JSON_ERRORS, KeyError, TypeError):
             raise ScratchLLMError(f"{folder / META_FILE} is missing or corrupt; it should hold the pattern and special tokens") from None
         if not isinstance(pattern, str) or not isinstance(specials, dict):
             raise ScratchLLMError(f"{folder / META_FILE} is corrupt: pattern must be a string and special_tokens an object")

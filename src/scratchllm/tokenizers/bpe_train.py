@@ -41,9 +41,13 @@ def train_bpe(texts: str | Iterable[str], vocab_size: int, pattern: str = "gpt2"
     """A tokenizer of `vocab_size` ids in all: 256 bytes, the learned merges, then the special tokens."""
     pattern = resolve_pattern(pattern)
     specials = list(dict.fromkeys(special_tokens))
+    if any(not isinstance(s, str) or not s for s in specials):  # checked before the training, not after it
+        raise ScratchLLMError("special tokens must be non-empty strings")
     n_merges = vocab_size - 256 - len(specials)
     if n_merges < 0:
         raise ScratchLLMError(f"vocab_size {vocab_size} is too small: it needs 256 byte tokens + {len(specials)} special tokens")
+    if vocab_size > 1 << 20:  # as TokenizerConfig: a bigger one is a typo (or would take days)
+        raise ScratchLLMError(f"vocab_size {vocab_size} is too large; the most is 1048576")
     if isinstance(texts, str):
         texts = [texts]
 

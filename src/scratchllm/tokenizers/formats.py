@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import atomic_write
+from scratchllm.fileio import JSON_ERRORS, atomic_write
 from scratchllm.tokenizers.bpe import BPETokenizer, bpe_merge
 from scratchllm.tokenizers.patterns import GPT2, LLAMA3
 from scratchllm.tokenizers.ranks import read_ranks
@@ -51,8 +51,12 @@ def load_gpt2(encoder_json: str | Path, vocab_bpe: str | Path) -> BPETokenizer:
         merges = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
     except FileNotFoundError as e:
         raise ScratchLLMError(f"GPT-2 tokenizer file {e.filename} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except OSError as e:
+        raise ScratchLLMError(f"GPT-2 tokenizer file {e.filename} cannot be read ({e.strerror})") from None
+    except (ValueError, RecursionError):
         raise ScratchLLMError(f"{encoder_json} is not valid JSON; the GPT-2 encoder file is corrupt or truncated") from None
+    if not isinstance(encoder, dict):
+        raise ScratchLLMError(f"{encoder_json} is not a valid GPT-2 encoder (an object of token -> id)")
     specials = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
     ranks = {_unicode_to_bytes(t, str(encoder_json)): i for t, i in encoder.items() if t not in specials}
     merge_lines = [m for m in merges[1:] if m]  # the first line is a version header
@@ -129,26 +133,37 @@ def save_hf(tok: BPETokenizer, path: str | Path) -> None:
 def load_hf(path: str | Path) -> BPETokenizer:
     """A ByteLevel-BPE `tokenizer.json` (GPT-2, Llama 3, ours); ids are kept as the file gives them."""
     path = Path(path)
+    bad = ScratchLLMError(f"{path} is not a valid tokenizer.json (corrupt or truncated?)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        model = data["model"]
     except FileNotFoundError:
         raise ScratchLLMError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise ScratchLLMError(f"{path} is not a valid tokenizer.json (corrupt or truncated?)") from None
+    except JSON_ERRORS:
+        raise bad from None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        raise bad
     if model.get("type") != "BPE":
-        raise ScratchLLMError(f"{path} holds a {model.get('type')} model; only byte-level BPE is supported")
-    ranks = {_unicode_to_bytes(t, str(path)): i for t, i in model["vocab"].items()}
-    specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t["id"] not in ranks.values()}
+        raise ScratchLLMError(f"{path} holds a {model.get('type')!r} model; only byte-level BPE is supported")
+    vocab, added = model.get("vocab"), data.get("added_tokens") or []
+    if not isinstance(vocab, dict) or not isinstance(added, list) or \
+            any(not isinstance(t, dict) or not isinstance(t.get("content"), str) or "id" not in t for t in added):
+        raise bad
+    ranks = {_unicode_to_bytes(t, str(path)): i for t, i in vocab.items()}
+    ids = {i for i in ranks.values() if type(i) is int}  # BPETokenizer refuses ids that are not integers
+    specials = {t["content"]: t["id"] for t in added if not (type(t["id"]) is int and t["id"] in ids)}
     return BPETokenizer(ranks, _hf_pattern(data.get("pre_tokenizer"), path), specials)
 
 
-def _hf_pattern(pre: dict | None, path: Path) -> str:
+def _hf_pattern(pre, path: Path) -> str:
     """The split regex of a Split pre-tokenizer, or GPT-2's for a ByteLevel one with use_regex."""
-    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre] if pre else []
-    for step in steps:
-        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
-            return step["pattern"]["Regex"]
+    steps = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, dict):
+            continue
+        pattern = step.get("pattern")
+        if step.get("type") == "Split" and isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
+            return pattern["Regex"]
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
             return GPT2
     raise ScratchLLMError(f"{path}: no split pattern found in its pre_tokenizer")

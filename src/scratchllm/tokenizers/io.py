@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fileio import JSON_ERRORS
 from scratchllm.tokenizers import formats
 from scratchllm.tokenizers.bpe import META_FILE, RANKS_FILE, BPETokenizer
 from scratchllm.tokenizers.char import FILENAME, CharTokenizer
@@ -22,7 +23,7 @@ def load_tokenizer(folder: str | Path):
         raise ScratchLLMError(f"no tokenizer in {folder} (expected {FILENAME} or {META_FILE}); is this a checkpoint?")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except JSON_ERRORS as e:
         raise ScratchLLMError(f"{path} is not a valid tokenizer file ({e.__class__.__name__}); re-save the checkpoint") from None
     if isinstance(data, dict) and data.get("type") == "char":
         return CharTokenizer.from_json(data, where=str(path))

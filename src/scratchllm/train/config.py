@@ -28,9 +28,13 @@ class TrainConfig:
     seed: int = 1337
     precision: str = "auto"
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune
     device: str = "auto"  # auto: cuda when available, else cpu
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
 
     def __post_init__(self):
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            raise ScratchLLMError(f"compile_mode '{self.compile_mode}' is not one of default, reduce-overhead, max-autotune")
         if self.precision not in PRECISIONS:
             raise ScratchLLMError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):

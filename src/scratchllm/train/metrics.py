@@ -18,10 +18,10 @@ class MetricsLog:
             for line in self.path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):
                     continue  # a line cut by the crash
-                if rec.get("step", 0) <= truncate_after_step:
-                    self.records.append(rec)
+                if isinstance(rec, dict) and type(rec.get("step")) is int and rec["step"] <= truncate_after_step:
+                    self.records.append(rec)  # (a line that is not a record of ours is dropped)
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -39,8 +39,11 @@ class MetricsLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        steps = [r for r in self.records if r.get("kind") == "train"]
-        evals = [r for r in self.records if r.get("kind") == "eval"]
+        def has(r, *keys):  # numbers under these keys (a resumed log may hold edited records)
+            return all(type(r.get(k)) in (int, float) for k in keys)
+
+        steps = [r for r in self.records if r.get("kind") == "train" and has(r, "step", "loss")]
+        evals = [r for r in self.records if r.get("kind") == "eval" and has(r, "step", "train_loss", "val_loss")]
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
         if steps:
             ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.45, label="train (batch)")

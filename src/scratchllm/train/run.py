@@ -24,7 +24,7 @@ from scratchllm.train.trainer import Trainer, replace_train
 def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path | None = None,
           overrides: list[str] | None = None, max_steps: int | None = None, max_time: float | None = None,
           precision: str | None = None, compile: bool | None = None, resume: str | Path | None = None,
-          tokenizer_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+          tokenizer_path: str | Path | None = None, progress: bool = True, fsdp: bool | None = None) -> dict[str, Any]:
     """Train a preset on a corpus (default: the complete works of Shakespeare), or resume a run.
 
     `data` is a corpus name, a text file or folder, or a folder made by `scratchllm prepare` (the
@@ -59,11 +59,18 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
     if resume is not None and (configs["model"] != before["model"] or configs["tokenizer"] != before["tokenizer"]):
         raise ScratchLLMError("a resumed run keeps its model and tokenizer; --set may change only trainer fields "
                               "(lr, max_steps, ...) with --resume; start a new run to change the model")
+    t0, t1 = before["tokenizer"], configs["tokenizer"]
+    if (t0.vocab_size, t0.pattern, t0.special_tokens) != (t1.vocab_size, t1.pattern, t1.special_tokens) and \
+            (tokenizer_path is not None or t1.kind == "char"):  # the settings would be ignored: say so
+        raise ScratchLLMError("--set tokenizer.vocab_size / pattern / special_tokens apply to a BPE tokenizer the run trains; "
+                              + ("--tokenizer gives this run's" if tokenizer_path is not None else
+                                 "this preset's is character-level (add --set tokenizer.kind=bpe to train one)"))
     configs["train"] = replace_train(configs["train"], max_steps=max_steps, max_time=max_time,
-                                     precision=precision, compile=compile)
+                                     precision=precision, compile=compile, fsdp=fsdp)
     train_cfg = configs["train"]
     model_cfg, tokenizer, batches, data = spec.task.prepare(spec, configs["model"], tokenizer, configs["tokenizer"], data,
                                                             train_cfg.seed, progress)
+    spec.build_meta(model_cfg, str(folder / ckpt.CONFIG) if folder else "this model", copies=4)  # before allocating it
 
     dist_info = init_distributed(train_cfg.device)
     try:
@@ -77,10 +84,11 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
                     "tokenizer": tokenizer.kind}
             trainer = Trainer(model, train_cfg, tokenizer, batches, out_dir, meta=meta, dist_info=dist_info,
                               resume_from=folder, progress=progress,
-                              task_metrics=lambda m: spec.task.metrics(m, batches))
+                              task_metrics=lambda m: spec.task.metrics(m, batches), shard_units=spec.shard_units)
             summary = trainer.fit()
+            summary["n_params"] = sum(p.numel() for p in model.parameters())
+            del trainer, model  # DDP and FSDP state goes before the process group it talks through
     finally:
         shutdown(dist_info)
     summary["is_main"] = dist_info.is_main
-    summary["n_params"] = sum(p.numel() for p in trainer.model.parameters())
     return summary

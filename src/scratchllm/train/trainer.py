@@ -21,23 +21,25 @@ from tqdm import tqdm
 
 from scratchllm import checkpoint as ckpt
 from scratchllm.config import to_dict
-from scratchllm.device import autocast, resolve_device, resolve_precision
+from scratchllm.device import autocast, resolve_device, resolve_precision, tf32_matmuls
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models.tasks import bytes_per_token, mean_loss
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import DistInfo, average
 from scratchllm.train.metrics import MetricsLog
-from scratchllm.train.optim import build_optimizer, lr_at
+from scratchllm.train import fsdp
+from scratchllm.train.optim import build_optimizer, lr_at, parameter_names
 
 
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, tokenizer, batches, out_dir: Path, meta: dict[str, Any],
                  dist_info: DistInfo | None = None, resume_from: Path | None = None, progress: bool = True,
-                 task_metrics=None):
+                 task_metrics=None, shard_units=None):
         """`batches` gives each step's micro-batches (dicts of a model's keyword arguments) and fixed
         evaluation batches; `meta` goes into every checkpoint's config.json (model_type, model config,
         preset, data); `task_metrics(model) -> {name: value}` adds the task's metrics (retrieval,
-        exact match) to each evaluation."""
+        exact match) to each evaluation; `shard_units(model)` names the blocks FSDP shards one by one
+        (cfg.fsdp under torchrun)."""
         self.task_metrics = task_metrics
         self.cfg, self.tokenizer, self.batches = cfg, tokenizer, batches
         self.out_dir, self.dist = Path(out_dir), dist_info or DistInfo()
@@ -50,6 +52,11 @@ class Trainer:
         # bytes of text each token stands for, so evaluations also report bits per byte (comparable across tokenizers)
         self.bytes_per_token = bytes_per_token(tokenizer)
         self.model = model.to(self.device)
+        self.sharded = cfg.fsdp and self.dist.enabled
+        if self.sharded:
+            if shard_units is None:
+                raise ScratchLLMError("this model type is not sharded by FSDP (GPT, Llama and Gemma are); train it without --fsdp")
+            fsdp.shard(self.model, shard_units(self.model))
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.best_val = 0, math.inf
         self.resumed = resume_from is not None
@@ -57,35 +64,41 @@ class Trainer:
             self._restore(resume_from)
 
         self.step_model: nn.Module = self.model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.step_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            self.step_model = torch.compile(self.step_model)
+        if cfg.compile:  # "reduce-overhead" adds CUDA graphs: one launch for a whole forward or backward
+            self.step_model = torch.compile(self.step_model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", truncate_after_step=self.step if self.resumed else None) \
             if self.dist.is_main else None
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        info, tensors = ckpt.optimizer_state_to_flat(self.optimizer)
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.batches"] = self.batches.state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {"step": self.step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
-                 "world_size": self.dist.world_size, "optimizer": info}
-        return state, tensors
+    def _full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(model state dict, optimizer state dict) as one process holds them, on the CPU. Under FSDP
+        this gathers the shards: every rank must call it."""
+        if self.sharded:
+            self.model.reshard()  # an evaluation (no backward) leaves the root's full weights in place of its shards
+            names = parameter_names(self.model)
+            # before the first step there is no state to gather (and DCP would make some with a step of lr 0,
+            # counted by Adam: the next update would differ from a one-process run)
+            optimizer_state = fsdp.full_optimizer_state(self.model, self.optimizer, names) if self.optimizer.state \
+                else self.optimizer.state_dict()
+            return fsdp.full_model_state(self.model), optimizer_state
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, self.optimizer.state_dict()
 
     def _restore(self, folder: Path) -> None:
-        from safetensors.torch import load_model
-
         state, tensors = ckpt.load_trainer_state(folder)
+        weights = ckpt.read_safetensors(folder / ckpt.WEIGHTS)
         try:
-            load_model(self.model, str(folder / ckpt.WEIGHTS), strict=True, device=str(self.device))
-            self.optimizer.load_state_dict(ckpt.optimizer_state_from_flat(state["optimizer"], tensors))
-        except (ValueError, KeyError, RuntimeError, TypeError, OSError):
+            optimizer_state = ckpt.optimizer_state_from_flat(state["optimizer"], tensors, like=self.optimizer)
+            if self.sharded:
+                fsdp.load_full_state(self.model, self.optimizer, parameter_names(self.model), weights, optimizer_state)
+            else:
+                self.model.load_state_dict(weights, strict=True)
+                self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError):
             raise ScratchLLMError(f"the weights or optimizer state in {folder} do not fit its config (was config.json "
                                   "edited?); resume an unchanged run, or start a new one") from None
         torch.set_rng_state(tensors["rng.torch"])
@@ -96,12 +109,25 @@ class Trainer:
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
 
     def _save(self, val_loss: float) -> None:
+        """latest/ with the trainer state, and best/ when this evaluation is the best so far. Every rank
+        calls it (FSDP gathers the state from all of them); rank 0 writes."""
+        if not (self.sharded or self.dist.is_main):
+            return
+        weights, optimizer_state = self._full_state()
+        if not self.dist.is_main:
+            return
+        info, tensors = ckpt.optimizer_state_to_flat(optimizer_state)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.batches"] = self.batches.state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {"step": self.step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                 "world_size": self.dist.world_size, "optimizer": info}
         meta = {**self.meta, "step": self.step, "val_loss": val_loss}
-        state, tensors = self._state()
-        ckpt.save_checkpoint(self.out_dir / "latest", self.model, meta, self.tokenizer, state, tensors)
+        ckpt.save_checkpoint(self.out_dir / "latest", weights, meta, self.tokenizer, state, tensors)
         if val_loss < self.best_val:
             self.best_val = val_loss
-            ckpt.save_checkpoint(self.out_dir / "best", self.model, meta, self.tokenizer)
+            ckpt.save_checkpoint(self.out_dir / "best", weights, meta, self.tokenizer)
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -117,7 +143,10 @@ class Trainer:
         return out
 
     def _forward(self, model: nn.Module, batch: dict[str, torch.Tensor]):
-        """A micro-batch is a dict of the model's keyword arguments; the model returns (logits, loss)."""
+        """A micro-batch is a dict of the model's keyword arguments; the model returns (logits, loss).
+        To a GPU the batch goes from pinned memory, asynchronously: the copy overlaps the GPU's work."""
+        if self.device.type == "cuda":
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         return model(**{k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
 
     def train_step(self) -> float:
@@ -126,26 +155,41 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.batches.draw_step(cfg.batch_size, cfg.grad_accum, self.dist.world_size, self.dist.rank)
-        total = 0.0
+        total = None
         for k, batch in enumerate(micro):
             last = k == len(micro) - 1
-            # Under DDP, skip the gradient all-reduce on all but the last micro-batch.
-            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.step_model.no_sync()
+            # Under DDP, skip the gradient all-reduce on all but the last micro-batch (FSDP: its reduce-scatter).
+            if self.sharded:
+                self.model.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.step_model.no_sync()
             with sync:
                 with autocast(self.precision, self.device):
                     _, loss = self._forward(self.step_model, batch)
                 (loss / len(micro)).backward()
-            total += loss.item() / len(micro)
-        total = average(total, self.dist, self.device)
-        if not math.isfinite(total):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged(f"loss is {total} at step {self.step + 1}")
+            # kept on the device: reading it (.item()) would make the CPU wait for the GPU at every step
+            total = loss.detach() / len(micro) if total is None else total + loss.detach() / len(micro)
+        if self.device.type == "cpu":  # on the CPU the check is free, so a bad step never reaches the weights
+            self._check_finite(total)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total
+
+    def _check_finite(self, loss: torch.Tensor, at_step: int | None = None) -> float:
+        """The loss averaged over processes, as a float; a non-finite one stops the run."""
+        value = average(loss.item(), self.dist, self.device)
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise self._diverged(f"loss is {value} at step {at_step or self.step + 1}")
+        return value
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _diverged(self, what: str) -> ScratchLLMError:
         """The error for a run gone non-finite. Nothing is saved from it: `latest/` holds the last
@@ -154,6 +198,10 @@ class Trainer:
         return ScratchLLMError(f"{what}{where}; lower the learning rate (--set lr=...) or use --precision fp32")
 
     def fit(self) -> dict[str, Any]:
+        with tf32_matmuls(self.device):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         if self.resumed and self.step >= cfg.max_steps:
             raise ScratchLLMError(f"the run in {self.out_dir} already finished at step {self.step}; "
@@ -162,7 +210,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, mininterval=0.5, desc="train")
         start = time.time()
-        window_start, window_steps = time.time(), 0
+        window_start, window_steps = time.perf_counter(), 0
         last_eval: dict[str, float] = {}
         train_seconds, steps_done = 0.0, 0  # time in training steps only, for a clean tokens/s
         skip_eval = self.resumed  # the checkpoint we resumed from was evaluated and saved already
@@ -171,6 +219,8 @@ class Trainer:
             time_up = cfg.max_time is not None and time.time() - start >= cfg.max_time
             done = self.step >= cfg.max_steps or time_up
             if (self.step % cfg.eval_interval == 0 or done) and not skip_eval:
+                self._sync()
+                train_seconds += time.perf_counter() - window_start if window_steps else 0.0
                 last_eval = self.evaluate()
                 if not (math.isfinite(last_eval["train"]) and math.isfinite(last_eval["val"])):
                     raise self._diverged(f"evaluation loss is {last_eval['val']} at step {self.step}")
@@ -181,25 +231,27 @@ class Trainer:
                     bpb = f" ({last_eval['val_bpb']:.4f} bits/byte)" if last_eval["val_bpb"] is not None else ""
                     bar.write(f"step {self.step}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}{bpb}"
                               + "".join(f", {k} {v:.3f}" for k, v in extra.items()))
-                    self._save(last_eval["val"])
+                self._save(last_eval["val"])
+                if self.dist.is_main:
                     self.metrics.plot(self.out_dir / "loss.png", title=self.meta.get("preset", ""))
-                window_start, window_steps = time.time(), 0  # do not count evaluation time in tokens/s
+                window_start, window_steps = time.perf_counter(), 0  # do not count evaluation time in tokens/s
             skip_eval = False
             if done:
                 break
-            t0 = time.perf_counter()
             loss = self.train_step()
-            train_seconds += time.perf_counter() - t0
             steps_done += 1
             window_steps += 1
             bar.update(1)
             if self.step % cfg.log_interval == 0 or self.step == 1:
-                rate = tokens_per_step * window_steps / max(1e-9, time.time() - window_start)
+                value = self._check_finite(loss, self.step)  # on a GPU, the one wait per log interval
+                now = time.perf_counter()
+                rate = tokens_per_step * window_steps / max(1e-9, now - window_start)
+                train_seconds += now - window_start
                 if self.dist.is_main:
-                    self.metrics.log(kind="train", step=self.step, loss=loss, lr=lr_at(self.step - 1, cfg),
+                    self.metrics.log(kind="train", step=self.step, loss=value, lr=lr_at(self.step - 1, cfg),
                                      tokens_per_s=round(rate, 1), elapsed=round(time.time() - start, 3))
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
-                window_start, window_steps = time.time(), 0
+                bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}")
+                window_start, window_steps = now, 0
         bar.close()
         return {"metrics": _task_metrics(last_eval), "model_type": self.meta.get("model_type"),
                 "step": self.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),

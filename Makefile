@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/ci.txt
 
-.PHONY: setup setup-dev demo test test-all bench clean
+.PHONY: setup setup-dev demo test test-all bench lab lessons clean
 
 $(VENV)/.base: pyproject.toml constraints/ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ $(VENV)/.base: pyproject.toml constraints/ci.txt
 
 $(VENV)/.dev: $(VENV)/.base
 	$(PIP) -e '.[dev]'
+	touch $@
+
+# The course: JupyterLab with jupytext, so each lesson's .py opens as a notebook paired with its .ipynb
+# (overrides.json makes "Jupytext Notebook" the default viewer of .py files in this venv only).
+$(VENV)/.lab: $(VENV)/.dev
+	$(PIP) -e '.[dev,lab]'
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+		> $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $@
 
 setup: $(VENV)/.base
@@ -34,6 +43,14 @@ test-all: setup-dev
 
 bench: setup-dev
 	$(BIN)/python benchmarks/train_char.py
+
+# Open the five lessons in JupyterLab (Jupyter refuses to run as root unless told, as in a container).
+lab: $(VENV)/.lab
+	$(BIN)/jupyter lab --ServerApp.root_dir=lessons $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# Re-execute every lesson top to bottom and write its notebook (after editing a lesson's .py).
+lessons: setup-dev
+	$(BIN)/python lessons/build_lessons.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

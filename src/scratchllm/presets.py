@@ -83,6 +83,17 @@ _register(Preset(
     _LLAMA_TRAIN, _BPE_2048, description="a small Gemma on the same 2048-token BPE as gpt-bpe-baby",
 ))
 
+_register(Preset(
+    "gpt2-124m", "gpt",
+    # GPT-2 small's shape (12 layers, 12 heads, 768 wide, 1024 tokens of context) on a 32768-token BPE
+    # of the complete works (GPT-2's own has 50257): meant for a GPU, compiled, bf16; about 111M parameters
+    GPTConfig(block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0),
+    TrainConfig(batch_size=12, grad_accum=4, max_steps=2000, lr=6e-4, min_lr=6e-5, warmup_steps=100, weight_decay=0.1,
+                betas=(0.9, 0.95), grad_clip=1.0, eval_interval=250, eval_batches=20, compile=True),
+    TokenizerConfig(kind="bpe", vocab_size=32768, pattern="gpt2", special_tokens=("<|endoftext|>",)),
+    description="GPT-2 small's shape on a 32768-token BPE of the corpus (111M parameters; for a GPU)",
+))
+
 # Vision-language on the shapes world (data/shapes.py), made by the project itself.
 _SHAPES_TOKENIZER = TokenizerConfig(kind="bpe", vocab_size=420, pattern="gpt2", special_tokens=("<image>", "<bos>", "<eos>", "<pad>"))
 _register(Preset(

@@ -1,0 +1,169 @@
+"""Training speed on one NVIDIA GPU: scratchllm's GPT against nanoGPT's model, in the same process.
+
+    python benchmarks/gpu.py --nanogpt PATH/TO/nanoGPT/model.py [--what char,124m] [--steps 300]
+
+nanoGPT is not a dependency: point --nanogpt at its model.py (github.com/karpathy/nanoGPT), which
+this script imports from that path to measure it beside ours.
+
+  char   nanoGPT's shakespeare_char shape (gpt-char: 6 layers, 6 heads, 384 wide, context 256, batch
+         64, dropout 0.2) on TinyShakespeare's characters, both models driven by scratchllm's trainer
+         (the same loop, data, AdamW, bf16 autocast): ms per step in eager mode, compiled, and compiled
+         with CUDA graphs (mode reduce-overhead), and CUDA kernels launched per training step.
+  124m   GPT-2 small's shape (12 layers, 12 heads, 768 wide, context 1024, batch 12, vocabulary 50304,
+         no dropout, no biases) on a fixed random batch, as nanoGPT's bench.py: a plain loop of
+         forward, backward and a fused AdamW step in bf16, both models compiled; tokens/s and MFU
+         = (6N + 12 L H Q T) FLOPs per token (N without position embeddings, as nanoGPT counts it)
+         against the GPU's dense bf16 peak (989 TFLOP/s on an H100 SXM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def load_nanogpt(path: str):
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nanogpt_model"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def kernels_per_step(trainer) -> int:
+    """CUDA kernels launched by one training step (after warm-up), counted with the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.train_step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer.train_step()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+
+def char(args, nanogpt) -> None:
+    from scratchllm.data.batches import TokenBatches
+    from scratchllm.data.tokens import corpus_tokens
+    from scratchllm.models import build_model
+    from scratchllm.presets import get_preset
+    from scratchllm.train.trainer import Trainer
+
+    preset = get_preset("gpt-char")
+    tokenizer, train, val = corpus_tokens(str(ROOT / "tests" / "data" / "tinyshakespeare.txt"), progress=False)
+    mcfg = dataclasses.replace(preset.model, vocab_size=tokenizer.vocab_size)
+    print(f"\ngpt-char ({mcfg.n_layer} layers, {mcfg.n_embd} wide, context {mcfg.block_size}, batch "
+          f"{preset.train.batch_size}, dropout {mcfg.dropout}), bf16 autocast, {args.steps} steps after warm-up")
+
+    def make(kind):
+        torch.manual_seed(1337)
+        if kind == "scratchllm":
+            return build_model("gpt", mcfg)
+        return nanogpt.GPT(nanogpt.GPTConfig(block_size=mcfg.block_size, vocab_size=mcfg.vocab_size, n_layer=mcfg.n_layer,
+                                             n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=False))
+
+    results = {}
+    for name, kind, compile_mode in (("scratchllm eager", "scratchllm", None), ("nanoGPT eager", "nanogpt", None),
+                                     ("scratchllm compiled", "scratchllm", "default"),
+                                     ("nanoGPT compiled", "nanogpt", "default"),
+                                     ("scratchllm compiled + CUDA graphs", "scratchllm", "reduce-overhead"),
+                                     ("nanoGPT compiled + CUDA graphs", "nanogpt", "reduce-overhead")):
+        cfg = dataclasses.replace(preset.train, max_steps=args.steps + 50, eval_interval=10**6, log_interval=10,
+                                  precision="bf16", compile=compile_mode is not None, compile_mode=compile_mode or "default",
+                                  device="cuda")
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(make(kind), cfg, tokenizer, TokenBatches(train, val, mcfg.block_size, seed=cfg.seed),
+                              Path(out), meta={"model_type": name}, progress=False)
+            kernels = kernels_per_step(trainer) if compile_mode is None else None
+            trainer.fit()
+            rates = [r["tokens_per_s"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
+                     if r["kind"] == "train" and r["step"] > 50]  # windows after compilation and warm-up
+        tokens_per_step = cfg.batch_size * mcfg.block_size
+        ms = 1000 * tokens_per_step / statistics.median(rates)
+        results[name] = ms
+        print(f"  {name:<36} {ms:7.2f} ms/step" + (f"   {kernels} CUDA kernels per step" if kernels else ""), flush=True)
+    best = min(v for k, v in results.items() if k.startswith("scratchllm"))
+    print(f"  scratchllm's best against nanoGPT compiled: {results['nanoGPT compiled'] / best:.2f}x; "
+          f"against nanoGPT's best: {min(v for k, v in results.items() if k.startswith('nanoGPT')) / best:.2f}x")
+
+
+def gpt2_124m(args, nanogpt) -> None:
+    from scratchllm.models import GPT, GPTConfig
+
+    B, T, V = 12, 1024, 50304
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK.items() if k in name), PEAK["H100"])
+    print(f"\nGPT-2 124M shape, batch {B} x {T}, vocabulary {V}, bf16, compiled, fixed random batch "
+          f"({name}; peak {peak / 1e12:.0f} TFLOP/s)")
+    x = torch.randint(V, (B, T), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    y = torch.randint(V, (B, T), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+
+    def make(kind):
+        torch.manual_seed(1337)
+        if kind == "scratchllm":
+            return GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=12, n_head=12, n_embd=768))
+        return nanogpt.GPT(nanogpt.GPTConfig(block_size=T, vocab_size=V, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
+                                             bias=False))
+
+    for label, kind, mode in (("scratchllm", "scratchllm", None), ("nanoGPT", "nanogpt", None),
+                              ("scratchllm + CUDA graphs", "scratchllm", "reduce-overhead")):
+        model = make(kind).cuda()
+        n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel() if kind == "scratchllm" \
+            else model.get_num_params()
+        flops_per_token = 6 * n + 12 * 12 * 12 * 64 * T
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-2, fused=True)
+        step_model = torch.compile(model, mode=mode)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = step_model(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(10):  # compile and warm up
+            step()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(20):
+                step()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) / 20)
+        dt = statistics.median(times)
+        tps = B * T / dt
+        print(f"  {label:<26} {dt * 1000:7.2f} ms/iter  {tps:>9,.0f} tokens/s  MFU {flops_per_token * tps / peak:6.1%}", flush=True)
+        del model, opt, step_model
+        torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nanogpt", required=True, help="path to nanoGPT's model.py")
+    ap.add_argument("--what", default="char,124m")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: this benchmark needs a CUDA GPU")
+    nanogpt = load_nanogpt(args.nanogpt)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    for part in args.what.split(","):
+        {"char": char, "124m": gpt2_124m}[part](args, nanogpt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""An OpenAI-compatible server and a playground page, on the batched KV-cache engine (generate.Engine).
+
+    scratchllm serve --model NAME|PATH  ──>  uvicorn ──> app.py (routes, validation, SSE)
+                                                          │ submit / tokens
+                                                          v
+                                                 worker.py (the engine's thread) ──> generate.Engine
+
+`create_app(lm, name)` is the FastAPI app; `run` binds the socket and serves it until Ctrl-C;
+`in_background(app)` serves it from a thread of this process (tests, benchmarks, notebooks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Callable, Iterator
+
+from scratchllm.checkpoint import Pretrained
+from scratchllm.errors import ScratchLLMError
+from scratchllm.serve.app import create_app
+
+__all__ = ["create_app", "in_background", "listen", "run"]
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one, read back with getsockname)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        raise ScratchLLMError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+    return sock
+
+
+def run(lm: Pretrained, name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+        max_batch: int = 8, max_len: int | None = None, queue_size: int = 64, threads: int | None = None,
+        on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve `lm` as `name` until interrupted; `on_ready(url)` is called once the socket listens.
+
+    A model on the CPU computes with `threads` torch threads, by default all cores but one: the event
+    loop that parses requests and streams tokens needs a core too, and torch's threads spinning on it
+    slow both sides (benchmarks/serve.py: on 2 cores, 1 thread serves more tokens/s than 2)."""
+    import torch
+    import uvicorn
+
+    if lm.device.type == "cpu":
+        torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
+
+    app = create_app(lm, name, max_batch, max_len, queue_size, api_key)
+    sock = listen(host, port)
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+    if on_ready is not None:
+        on_ready(f"http://{shown}:{bound[1]}")
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def in_background(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` from a thread while the block runs; yields its URL (port 0: a free port)."""
+    import uvicorn
+
+    sock = listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="scratchllm-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -217,3 +217,22 @@ def test_no_model_type_sniffing_outside_the_specs():
     offenders = [f"{p.relative_to(SRC)}: {m.group(0)}" for p in SRC.rglob("*.py") if p.parent.name != "models"
                  for pattern in patterns for m in re.finditer(pattern, p.read_text())]
     assert not offenders, offenders
+
+
+def test_help_and_tokenizer_commands_do_not_import_torch(tmp_path):
+    """Start-up: `scratchllm --help` and `tokenizer encode` need no model code, so they must not import
+    torch (about 1.5 s of a 2-core machine's time); benchmarks, not tests, time them."""
+    import subprocess
+    import sys
+
+    from scratchllm.cli import DEFAULT_PRESET
+    from scratchllm.presets import DEFAULT_PRESET as PRESETS_DEFAULT
+
+    assert DEFAULT_PRESET == PRESETS_DEFAULT
+    probe = ("import sys, contextlib, io\nfrom scratchllm.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main(sys.argv[1:])\n"
+             "print('torch' in sys.modules, file=sys.stderr)")
+    for argv in (["--help"], ["tokenizer", "encode", "--tokenizer", str(ROOT / "tests" / "data" / "gpt2"), "hello world"],
+                 ["tokenizer", "decode", "--tokenizer", str(ROOT / "tests" / "data" / "gpt2"), "31373 995"]):
+        result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+        assert result.stderr.strip().splitlines()[-1] == "False", (argv, result.stderr[-500:])

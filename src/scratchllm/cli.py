@@ -11,10 +11,25 @@ from scratchllm.errors import ScratchLLMError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line (no usage block) and exit 2."""
+    """argparse, but its errors are one line (no usage block) and exit 2; a description may be a
+    function, called only when the help is shown (so `--help` need not import torch)."""
 
     def error(self, message: str):
         raise ScratchLLMError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def format_help(self) -> str:
+        if callable(self.description):
+            self.description = self.description()
+        return super().format_help()
+
+
+DEFAULT_PRESET = "gpt-char-baby"  # presets.DEFAULT_PRESET, spelled here so that parsing imports no model (tested)
+
+
+def _train_description() -> str:
+    from scratchllm.presets import PRESETS
+
+    return "Train a preset. Presets: " + "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()) + "."
 
 
 def _count(low: int, high: int = 1 << 31):
@@ -57,13 +72,10 @@ def _device_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scratchllm.presets import DEFAULT_PRESET, PRESETS
-
     parser = _Parser(prog="scratchllm", description="Language models from scratch: train, sample, evaluate.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    presets = "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
-    t = sub.add_parser("train", help="train a model from a preset", description=f"Train a preset. Presets: {presets}.")
+    t = sub.add_parser("train", help="train a model from a preset", description=_train_description)
     t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET})")
     t.add_argument("--data", default=None, help="corpus: shakespeare (default), tinyshakespeare, or a path to a .txt file or folder")
     t.add_argument("--out", default=None, help="run folder (default runs/PRESET-TIMESTAMP)")

@@ -36,8 +36,13 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
+@lru_cache(maxsize=1)
+def _byte_of() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
 def _unicode_to_bytes(token: str, where: str) -> bytes:
-    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    decoder = _byte_of()  # made once: building it per token made loading GPT-2's 50,257 tokens take seconds
     try:
         return bytes(decoder[c] for c in token)
     except KeyError:

@@ -3,8 +3,8 @@
 Heads and kv-heads give MHA (n_kv_heads == n_heads), GQA (a divisor) or MQA (1); the mask is
 causal, none (bidirectional), or given (prefix-LM, padding); positions come from learned
 embeddings outside (GPT) or RoPE inside (Llama, Gemma); QK-norm (a per-head RMSNorm on q and k
-before RoPE, as in Qwen3 and Llama 4, not Llama 3) is optional; a KV cache makes decoding
-incremental. q, k and v come from one fused projection: at the small widths we train on a CPU,
+before RoPE, as in Qwen3, not Llama 3; Llama 4's is weightless and after RoPE) is optional; a KV
+cache makes decoding incremental. q, k and v come from one fused projection: at the small widths we train on a CPU,
 one matrix product beats three.
 """
 

@@ -2,7 +2,8 @@
 
     tokens ──> embed ──> [ x + attn(rmsnorm(x), rope) ; x + swiglu(rmsnorm(x)) ] x n_layer ──> rmsnorm ──> lm_head ──> logits
 
-Optional QK-norm (per-head RMSNorm on q and k before RoPE) is a Qwen3 / Llama 4 feature, not Llama 3's.
+Optional QK-norm (a per-head RMSNorm with a learned weight on q and k, before RoPE) is Qwen3's, not Llama 3's
+(Llama 4 normalises q and k too, without a weight and after RoPE).
 """
 
 from __future__ import annotations

@@ -34,17 +34,15 @@ class MetricsLog:
 
     def plot(self, png: Path, title: str = "") -> None:
         """Train loss (every logged step) and the train/val evaluations against step, written atomically."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: a notebook's own backend is left as it is
 
         def has(r, *keys):  # numbers under these keys (a resumed log may hold edited records)
             return all(type(r.get(k)) in (int, float) for k in keys)
 
         steps = [r for r in self.records if r.get("kind") == "train" and has(r, "step", "loss")]
         evals = [r for r in self.records if r.get("kind") == "eval" and has(r, "step", "train_loss", "val_loss")]
-        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        fig = Figure(figsize=(7, 4.2), dpi=110)
+        ax = fig.subplots()
         if steps:
             ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.45, label="train (batch)")
         if evals:
@@ -58,4 +56,3 @@ class MetricsLog:
         fig.tight_layout()
         with atomic_path(png) as tmp:
             fig.savefig(tmp, format="png")
-        plt.close(fig)

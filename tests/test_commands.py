@@ -76,6 +76,14 @@ def test_a_command_that_does_not_apply_names_the_one_that_fits(capsys, run_of, i
     assert f"scratchllm {command}" in err
 
 
+@pytest.mark.parametrize("preset", VISION_LANGUAGE)
+def test_vision_language_eval_in_bf16(capsys, run_of, preset):
+    """Images arrive as fp32: a bf16 model casts them (CUDA's auto precision is bf16; this once failed there)."""
+    assert main(["eval", "--checkpoint", str(run_of(preset)), "--max-batches", "1", "--precision", "bf16",
+                 "--device", "cpu"]) == 0
+    assert "held-out loss" in capsys.readouterr().out
+
+
 def test_ask_answers_on_paligemma(capsys, run_of, image):
     assert main(["ask", "--checkpoint", str(run_of("paligemma-shapes")), "--image", str(image),
                  "--prompt", "how many shapes?", "--precision", "bf16"]) == 0

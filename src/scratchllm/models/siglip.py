@@ -113,6 +113,7 @@ class SiglipVision(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """pixels (B, C, H, W) -> (patch features (B, N, dim), pooled (B, dim) or None)."""
+        pixels = pixels.to(self.patch_embed.weight.dtype)  # images arrive as fp32; a bf16 model computes in bf16
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # (B, dim, H/p, W/p) -> (B, N, dim)
         x = x + self.pos_embed.weight[None]
         for block in self.blocks:

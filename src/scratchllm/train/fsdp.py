@@ -18,13 +18,17 @@ import torch
 from torch import nn
 
 
-def shard(model: nn.Module, units: Iterable[nn.Module]) -> nn.Module:
-    """Shard each unit (a transformer block), then the root (what is left). In place."""
+def shard(model: nn.Module, units: Iterable[nn.Module], device: torch.device) -> nn.Module:
+    """Shard each unit (a transformer block), then the root (what is left), over all processes on
+    `device`'s type (named, or FSDP would pick CUDA whenever the machine has a GPU). In place."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for unit in units:
-        fully_shard(unit)
-    fully_shard(model)
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 

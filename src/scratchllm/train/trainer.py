@@ -56,7 +56,7 @@ class Trainer:
         if self.sharded:
             if shard_units is None:
                 raise ScratchLLMError("this model type is not sharded by FSDP (GPT, Llama and Gemma are); train it without --fsdp")
-            fsdp.shard(self.model, shard_units(self.model))
+            fsdp.shard(self.model, shard_units(self.model), self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.best_val = 0, math.inf
         self.resumed = resume_from is not None

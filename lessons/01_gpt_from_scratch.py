@@ -479,12 +479,9 @@ with torch.no_grad():
 # products where the CPU does them natively, fp32 elsewhere. The run folder goes to a temporary directory.
 
 # %%
-backend = plt.get_backend()
 runs = Path(tempfile.mkdtemp(prefix="scratchllm-lesson1-"))
 summary = train("gpt-char-baby", data=str(CORPUS), out=runs / "gpt", max_steps=800,
-                overrides=["lr=2e-3", "warmup_steps=50", "eval_interval=200"], progress=False)
-if plt.get_backend() != backend:  # the trainer drew its loss.png with matplotlib's file-only backend
-    plt.switch_backend(backend)  # back to pictures in the notebook
+                overrides=["lr=2e-3", "warmup_steps=50", "eval_interval=200", "device=cpu"], progress=False)
 print(f"{summary['n_params']:,} parameters; val loss {summary['val_loss']:.4f} after {summary['step']} steps")
 assert 0.79e6 < summary["n_params"] < 0.81e6
 

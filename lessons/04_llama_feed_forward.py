@@ -241,16 +241,13 @@ assert (ours - library).abs().max() < 1e-5 and (ours - theirs).abs().max() < 1e-
 # %%
 CORPUS = Path("../tests/data/tinyshakespeare.txt")  # lessons run from lessons/
 BUDGET = 20  # seconds of training for each model
-backend = plt.get_backend()
 runs = Path(tempfile.mkdtemp(prefix="scratchllm-lesson4-"))
 summaries, logs = {}, {}
 for preset in ("gpt-bpe-baby", "llama-bpe-baby"):
     with contextlib.redirect_stdout(io.StringIO()) as log:
         summaries[preset] = train(preset, data=str(CORPUS), out=runs / preset, max_time=BUDGET,
-                                  overrides=["eval_interval=100000"], progress=False)
+                                  overrides=["eval_interval=100000", "device=cpu"], progress=False)
     logs[preset] = log.getvalue()
-if plt.get_backend() != backend:  # the trainer drew its loss.png with matplotlib's file-only backend
-    plt.switch_backend(backend)  # back to pictures in the notebook
 print({preset: f"{s['n_params']:,} parameters" for preset, s in summaries.items()})
 
 # the table above, read back from the two checkpoints

@@ -336,12 +336,9 @@ assert not mask[:11, 11:].any()  # padding is invisible to real tokens
 # questions at the start and at the end.
 
 # %%
-backend = plt.get_backend()
 runs = Path(tempfile.mkdtemp(prefix="scratchllm-lesson5-"))
-summary = train("paligemma-shapes", out=runs / "paligemma", max_steps=400, overrides=["eval_interval=100000"],
+summary = train("paligemma-shapes", out=runs / "paligemma", max_steps=400, overrides=["eval_interval=100000", "device=cpu"],
                 progress=False)
-if plt.get_backend() != backend:  # the trainer drew its loss.png with matplotlib's file-only backend
-    plt.switch_backend(backend)  # back to pictures in the notebook
 print(f"{summary['n_params']:,} parameters, exact match {summary['metrics']['exact_match']:.1%} after {summary['step']} steps")
 assert 0.85e6 < summary["n_params"] < 0.95e6
 

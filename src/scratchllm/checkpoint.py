@@ -102,6 +102,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
         raise ScratchLLMError(f"{folder} was written by a newer scratchllm (format {version}); upgrade scratchllm to read it")
     if not isinstance(meta.get("model"), dict):
         raise ScratchLLMError(f"{folder / CONFIG} has no model config; the checkpoint is corrupt")
+    if not all(meta.get(k) is None or isinstance(meta[k], str) for k in ("data", "preset")):  # a corpus path, a name
+        raise ScratchLLMError(f"{folder / CONFIG} has a data or preset entry that is not a string; the checkpoint is corrupt")
     return meta
 
 
@@ -111,8 +113,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ScratchLLMError(f"{path} is missing; the checkpoint is incomplete")
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ScratchLLMError(f"{path} is corrupt or truncated ({str(e).splitlines()[0][:120]}); use another checkpoint, e.g. best/") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise ScratchLLMError(f"{path} is corrupt or truncated ({reason}); use another checkpoint, e.g. best/") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -147,7 +150,8 @@ def load_trainer_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Te
         raise ScratchLLMError(f"{json_path} is corrupt; resume from another run or start again") from None
     tensors = read_safetensors(tensor_path)
     ok = (isinstance(state, dict) and type(state.get("step")) is int and state["step"] >= 0
-          and (state.get("best_val") is None or (isinstance(state["best_val"], (int, float)) and math.isfinite(state["best_val"])))
+          and "best_val" in state and (state["best_val"] is None or (type(state["best_val"]) in (int, float)
+                                                                     and math.isfinite(state["best_val"])))
           and isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("param_groups"), list)
           and isinstance(state["optimizer"].get("scalars"), dict) and {"rng.torch", "rng.batches"} <= set(tensors))
     for name in ("rng.torch", "rng.batches") if ok else ():

@@ -231,6 +231,9 @@ def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p
 
     if prompt == "":
         raise ScratchLLMError("the prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
+    # bytes of argv that are not UTF-8 arrive as lone surrogates, which a UTF-8 stdout cannot echo:
+    # U+FFFD instead, as the BPE tokenizer reads them
+    prompt = prompt.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     _check_sampling(temperature, top_k, top_p, min_p)
     lm = load_pretrained(checkpoint, device=device, precision=precision)
     lm.spec.require("sample", str(checkpoint))
@@ -281,6 +284,8 @@ def cmd_chat(args) -> None:
         return
     print(f"chatting with {args.model} ({lm.dtype}, {lm.device}); /reset forgets, /exit (or Ctrl-D) leaves, "
           "Ctrl-C stops a reply", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):  # typed or piped bytes that are not UTF-8 become U+FFFD, not a traceback
+        sys.stdin.reconfigure(errors="replace")
     while True:
         try:
             user = input("> ")
@@ -449,6 +454,12 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare
             "convert": cmd_convert, "ask": cmd_ask, "chat": cmd_chat, "serve": cmd_serve}
 
 
+def _printable(message: str) -> str:
+    """One line whatever a path or value in it holds: newlines, tabs and other control characters (a
+    terminal's escape sequences, say) are written as escapes; other characters, accents included, stay."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -459,14 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
         return 0
     except ScratchLLMError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_printable(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`| head`): not an error
         return 0
     except OSError as e:  # the filesystem's word on it: no space left, permission denied, a file where a folder goes
         where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot read or write{where}: {e.strerror or e}; free some space, fix the permissions or choose "
-              "another path (nothing already written was changed)", file=sys.stderr)
+        print(_printable(f"error: cannot read or write{where}: {e.strerror or e}; free some space, fix the permissions or "
+                         "choose another path (nothing already written was changed)"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -45,7 +45,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         total = sorted_probs.sum(dim=-1, keepdim=True)
         before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above each one
-        sorted_probs = sorted_probs.masked_fill(before >= top_p * total, 0.0)
+        # (before > 0: the best token stays even when top_p * total underflows to 0, as top_p=1e-320 does)
+        sorted_probs = sorted_probs.masked_fill((before >= top_p * total) & (before > 0), 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

@@ -113,7 +113,7 @@ def read_gguf(path: str | Path) -> GGUFModel:
 
     path = Path(path)
     reader = _open(path)
-    meta = {k: _value(f) for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.") or k in _SMALL_TOKENIZER_KEYS}
+    meta = {k: _value(f, path) for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.") or k in _SMALL_TOKENIZER_KEYS}
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise ScratchLLMError(f"{path} holds a {arch!r} model; only the 'llama' architecture is supported "
@@ -166,6 +166,8 @@ def _open(path: Path):
     """A GGUFReader, after checking that the file is a GGUF at all and that every tensor lies inside it."""
     import gguf
 
+    if path.exists() and not path.is_file():  # a FIFO would block the read for ever; /dev/zero never end
+        raise ScratchLLMError(f"{path} is not a regular file; give the path of a .gguf file")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -195,8 +197,11 @@ def _open(path: Path):
     return reader
 
 
-def _value(f) -> Any:
-    v = f.contents()
+def _value(f, path: Path) -> Any:
+    try:  # the reader decodes a field only when asked: a corrupt string or array fails here
+        v = f.contents()
+    except (UnicodeDecodeError, ValueError, IndexError, TypeError, OverflowError) as e:
+        raise ScratchLLMError(f"{path} is truncated or corrupt ({e.__class__.__name__} in {f.name}); download it again") from None
     return v.tolist() if isinstance(v, np.ndarray) else v
 
 
@@ -344,8 +349,8 @@ def _read_tokenizer(reader, meta: dict, vocab_size: int, path: Path) -> BPEToken
     fields = reader.fields
     if "tokenizer.ggml.tokens" not in fields:
         raise ScratchLLMError(f"{path} names a tokenizer but holds no tokenizer.ggml.tokens; the file is incomplete")
-    tokens = _value(fields["tokenizer.ggml.tokens"])
-    types = _value(fields["tokenizer.ggml.token_type"]) if "tokenizer.ggml.token_type" in fields else [NORMAL] * len(tokens)
+    tokens = _value(fields["tokenizer.ggml.tokens"], path)
+    types = _value(fields["tokenizer.ggml.token_type"], path) if "tokenizer.ggml.token_type" in fields else [NORMAL] * len(tokens)
     if len(types) != len(tokens) or len(tokens) > vocab_size:
         raise ScratchLLMError(f"{path}: {len(tokens)} tokens, {len(types)} token types and {vocab_size} embeddings "
                               "do not fit together; the file is corrupt")
@@ -360,7 +365,7 @@ def _read_tokenizer(reader, meta: dict, vocab_size: int, path: Path) -> BPEToken
                 raise ScratchLLMError(f"{path}: tokens {ranks[data]} and {i} spell the same bytes; not a byte-level BPE vocabulary")
             ranks[data] = i
         # UNKNOWN, UNUSED (padding slots) and BYTE (SentencePiece) tokens are never produced by BPE
-    merges = _value(fields["tokenizer.ggml.merges"]) if "tokenizer.ggml.merges" in fields else []
+    merges = _value(fields["tokenizer.ggml.merges"], path) if "tokenizer.ggml.merges" in fields else []
     if not merges and any(len(t) > 1 for t in ranks):
         raise ScratchLLMError(f"{path} has a byte-level BPE vocabulary without tokenizer.ggml.merges; the file is incomplete")
     _check_merge_order(merges, ranks, path)

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scratchllm.config import from_dict, to_dict
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import JSON_ERRORS, write_output_folder
 from scratchllm.models import ModelSpec, spec_for_hf, spec_of
@@ -25,6 +26,8 @@ from scratchllm.models.spec import export_weights, import_weights
 
 
 def is_hf_folder(path: Path) -> bool:
+    if not (Path(path) / "config.json").is_file():  # (a FIFO there would block the read for ever)
+        return False
     try:
         cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except JSON_ERRORS:
@@ -48,10 +51,15 @@ def _weight_files(folder: Path) -> list[Path]:
     root = folder.resolve()
     shards = []
     for name in names:
-        shard = (folder / str(name)).resolve()
-        if shard.parent != root or not shard.name.endswith(".safetensors"):  # no ../, no absolute paths, no other files
-            raise ScratchLLMError(f"{index} names the shard {name!r}, which is not a .safetensors file inside {folder}")
-        if not shard.is_file():
+        try:
+            shard = (folder / str(name)).resolve()
+            inside = shard.parent == root and shard.name.endswith(".safetensors")  # no ../, no absolute paths, no other files
+            present = inside and shard.is_file()
+        except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte in it
+            inside = present = False
+        if not inside:
+            raise ScratchLLMError(f"{index} names the shard {str(name)[:80]!r}, which is not a .safetensors file inside {folder}")
+        if not present:
             raise ScratchLLMError(f"{index} names the shard {name}, which is missing")
         shards.append(shard)
     return shards
@@ -70,8 +78,9 @@ def read_weights(folder: Path, meta_only: bool = False) -> dict[str, torch.Tenso
                         out[k] = torch.empty(s.get_shape(), dtype=_DTYPES.get(s.get_dtype(), torch.uint8), device="meta")
             else:
                 out.update(load_file(str(path)))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise ScratchLLMError(f"{path} is corrupt or truncated ({str(e).splitlines()[0][:100]}); re-download or re-export it") from None
+        except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:100]
+            raise ScratchLLMError(f"{path} is corrupt or truncated ({reason}); re-download or re-export it") from None
     return out
 
 
@@ -79,6 +88,8 @@ _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "
 
 
 def read_config(folder: Path) -> dict[str, Any]:
+    if not (folder / "config.json").is_file():
+        raise ScratchLLMError(f"{folder / 'config.json'} is missing or not a regular file")
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except JSON_ERRORS:
@@ -97,7 +108,8 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
         raise ScratchLLMError(f"{where} lacks the field {e.args[0]!r} that a {hf.get('model_type')} config needs") from None
     except (TypeError, ValueError, AttributeError) as e:
         raise ScratchLLMError(f"{where} has a field of the wrong type or value ({e})") from None
-    return spec, config
+    # the translated values checked by type, as a checkpoint's are (a null or a 2.5 would otherwise reach the build)
+    return spec, from_dict(type(config), to_dict(config), where=f"{where} (as {type(config).__name__})")
 
 
 def from_hf(hf_config: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> nn.Module:
@@ -141,6 +153,8 @@ def read_chat_settings(folder: Path, tokenizer) -> tuple[str | None, tuple[int, 
     """(chat template, ids that end a reply, {"bos_token": ..., "eos_token": ...}) from a folder's
     tokenizer_config.json (and generation_config.json), where it has them."""
     def read(name: str) -> dict:
+        if not (folder / name).is_file():
+            return {}
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except JSON_ERRORS:

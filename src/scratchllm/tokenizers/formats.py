@@ -139,6 +139,8 @@ def load_hf(path: str | Path) -> BPETokenizer:
     """A ByteLevel-BPE `tokenizer.json` (GPT-2, Llama 3, ours); ids are kept as the file gives them."""
     path = Path(path)
     bad = ScratchLLMError(f"{path} is not a valid tokenizer.json (corrupt or truncated?)")
+    if path.exists() and not path.is_file():  # a folder, a FIFO (whose read would block for ever), a device
+        raise ScratchLLMError(f"{path} is not a regular file; give a tokenizer.json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

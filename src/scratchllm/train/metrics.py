@@ -15,7 +15,7 @@ class MetricsLog:
         self.records: list[dict] = []
         if truncate_after_step is not None and self.path.is_file():
             # Resuming: keep what the checkpoint's step had seen, drop what the interrupted run logged after it.
-            for line in self.path.read_text().splitlines():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     rec = json.loads(line)
                 except (ValueError, RecursionError):

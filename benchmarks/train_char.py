@@ -1,16 +1,26 @@
-"""Train gpt-char-baby with scratchllm and with transformers' GPT2LMHeadModel, same loop, same data.
+"""Train a char GPT preset with scratchllm, transformers' GPT2LMHeadModel and nanoGPT's model: one loop, one data.
 
-    python benchmarks/train_char.py [--data PATH] [--steps 2000]
+    python benchmarks/train_char.py [--preset gpt-char-baby|gpt-char] [--data PATH] [--steps 2000]
+                                    [--runs scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt]
+                                    [--nanogpt PATH/TO/nanoGPT/model.py]
 
-Prints tokens/s of each run (training steps only; evaluation excluded), the ratios against the fp32
-GPT2LMHeadModel run, and val loss at steps 500/1000/1500/2000. All runs are in this one process.
+All runs are in this one process, driven by scratchllm's trainer (same AdamW, schedule, batches). Prints
+the bf16 matmul peak measured here first (at the largest of the model's matmul shapes and at 4096^3;
+this machine's peak moves from day to day, so only same-run ratios mean anything), then for each run
+tokens/s (training steps only: evaluation and, for the compiled run, the steps before step 50 that hold
+the compilation are left out), MFU = tokens/s x (6N + 12 L H Q T) FLOPs per token (N without position
+embeddings, as nanoGPT counts) over that peak, the ratios against GPT2LMHeadModel fp32 / bf16 and
+nanoGPT's model (imported from --nanogpt, not a dependency), and val loss at steps 500..2000.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +35,8 @@ from scratchllm.presets import get_preset
 from scratchllm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from matmul import gflops  # noqa: E402  (the peak, measured the way benchmarks/matmul.py measures it)
 
 
 class HFCausalLM(nn.Module):
@@ -47,48 +59,78 @@ class HFCausalLM(nn.Module):
         return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def run(name, model, train_cfg, tokenizer, batches):
+def run(name, model, train_cfg, tokenizer, batches, skip_steps: int = 0):
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model, train_cfg, tokenizer, batches, Path(out), meta={"model_type": name}, progress=False)
         summary = trainer.fit()
-        evals = {r["step"]: r["val_loss"] for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
-                 if r["kind"] == "eval"}
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["val_loss"] for r in records if r["kind"] == "eval"}
+    if skip_steps:  # steady state: the median of the logged windows after the compilation
+        summary["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in records
+                                                    if r["kind"] == "train" and r["step"] > skip_steps)
     print(f"  {name:<28} {summary['tokens_per_s']:>10,.0f} tok/s   final val {summary['val_loss']:.4f}", flush=True)
     return summary, evals
 
 
+def nanogpt_model(path: str, cfg):
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GPT(module.GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer,
+                                       n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--preset", default="gpt-char-baby", choices=["gpt-char-baby", "gpt-char"])
+    ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--runs", default="scratchllm,hf-fp32,hf-bf16")
+    ap.add_argument("--runs", default="scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt")
+    ap.add_argument("--nanogpt", default=None, help="path to nanoGPT's model.py (the nanogpt run needs it)")
+    ap.add_argument("--eval-batches", type=int, default=None, help="fewer evaluation batches than the preset's (timing only)")
     args = ap.parse_args()
 
-    preset = get_preset("gpt-char-baby")
+    preset = get_preset(args.preset)
     tokenizer, train, val = corpus_tokens(args.data)
     model_cfg = dataclasses.replace(preset.model, vocab_size=tokenizer.vocab_size)
-    print(f"gpt-char-baby on {args.data}: {args.steps} steps, batch {preset.train.batch_size} x block "
-          f"{model_cfg.block_size}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    c = model_cfg
+    B, T = preset.train.batch_size, c.block_size
+    n_params = 12 * c.n_layer * c.n_embd ** 2 + c.vocab_size * c.n_embd  # blocks (no biases) + tied embedding
+    flops_per_token = 6 * n_params + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
+    shapes = [(B * T, c.n_embd, 4 * c.n_embd), (B * T, 4 * c.n_embd, c.n_embd), (4096, 1024, 1024)]
+    peaks = {s: gflops(*s, torch.bfloat16) for s in shapes}
+    peak = max(peaks.values())
+    print(f"{args.preset} on {args.data}: {args.steps} steps, batch {B} x block {T}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("bf16 matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
+          + f" GFLOP/s; MFU below is against {peak:.0f}; {flops_per_token / 1e6:.2f} MFLOP per token (6N + 12LHQT)")
     results = {}
     for name in args.runs.split(","):
-        precision = {"scratchllm": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32", "hf-bf16": "bf16"}[name]
-        cfg = dataclasses.replace(preset.train, max_steps=args.steps, precision=precision)
+        if name == "nanogpt" and not args.nanogpt:
+            print("  nanogpt: skipped (give --nanogpt PATH/TO/model.py)")
+            continue
+        precision = {"scratchllm": "auto", "scratchllm-compiled": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32",
+                     "hf-bf16": "bf16", "nanogpt": "auto"}[name]
+        compiled = name.endswith("compiled")
+        cfg = dataclasses.replace(preset.train, max_steps=args.steps, precision=precision, compile=compiled,
+                                  eval_batches=args.eval_batches or preset.train.eval_batches,
+                                  log_interval=min(preset.train.log_interval, max(1, args.steps // 20)))
         torch.manual_seed(cfg.seed)
-        model = build_model("gpt", model_cfg) if name.startswith("scratchllm") else HFCausalLM(model_cfg)
+        model = (nanogpt_model(args.nanogpt, model_cfg) if name == "nanogpt" else
+                 HFCausalLM(model_cfg) if name.startswith("hf") else build_model("gpt", model_cfg))
         batches = TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed)
-        results[name] = run(f"{name} ({precision})", model, cfg, tokenizer, batches)
+        results[name] = run(f"{name} ({precision})", model, cfg, tokenizer, batches, skip_steps=min(50, args.steps // 2) if compiled else 0)
 
-    print("\nval loss at step:        " + "".join(f"{s:>9}" for s in (500, 1000, 1500, 2000)))
-    for name, (_, evals) in results.items():
-        print(f"  {name:<22}" + "".join(f"{evals[s]:>9.4f}" if s in evals else f"{'-':>9}" for s in (500, 1000, 1500, 2000)))
-    if "hf-fp32" in results:
-        ref = results["hf-fp32"][0]["tokens_per_s"]
-        print("\nthroughput ratio against GPT2LMHeadModel fp32:")
-        for name, (summary, _) in results.items():
-            print(f"  {name:<22} {summary['tokens_per_s'] / ref:6.2f}x")
-    if "hf-bf16" in results and "scratchllm" in results:
-        print(f"scratchllm against GPT2LMHeadModel bf16: "
-              f"{results['scratchllm'][0]['tokens_per_s'] / results['hf-bf16'][0]['tokens_per_s']:.2f}x")
+    print(f"\n  {'run':<22}{'tok/s':>10}{'MFU':>8}" + "".join(f"{f'val@{s}':>11}" for s in (500, 1000, 1500, 2000)))
+    for name, (summary, evals) in results.items():
+        tps = summary["tokens_per_s"]
+        print(f"  {name:<22}{tps:>10,.0f}{tps * flops_per_token / (peak * 1e9):>8.1%}"
+              + "".join(f"{evals[s]:>11.4f}" if s in evals else f"{'-':>11}" for s in (500, 1000, 1500, 2000)))
+    for ref in ("hf-fp32", "hf-bf16", "nanogpt"):
+        if ref in results:
+            base = results[ref][0]["tokens_per_s"]
+            print(f"against {ref}: " + ", ".join(f"{name} {summary['tokens_per_s'] / base:.2f}x"
+                                                 for name, (summary, _) in results.items() if name.startswith("scratchllm")))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], meta: dict[s
     """Write a checkpoint folder: `weights` is the model's state dict (whole, as one process holds it)."""
     def write(tmp: Path) -> None:
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}, indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        save_file(_unshared(weights), str(tmp / WEIGHTS))
         tokenizer.save(tmp)
         if trainer_state is not None:
             (tmp / STATE_JSON).write_text(json.dumps(trainer_state, indent=2) + "\n")
@@ -71,6 +71,17 @@ def recover_run_folder(out: Path) -> None:
 
 def is_run_folder(out: Path) -> bool:
     return any((out / name / CONFIG).is_file() for name in ("latest", "best", ".latest.old", ".best.old"))
+
+
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU tensors safetensors can write: ours share no memory, but a model from elsewhere may tie two
+    names to one tensor (GPT-2's lm_head and wte), which safetensors refuses; such a twin is copied."""
+    out, seen = {}, set()
+    for k, v in weights.items():
+        v = v.detach().cpu().contiguous()
+        out[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
+    return out
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

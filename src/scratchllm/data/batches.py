@@ -42,7 +42,7 @@ class TokenBatches:
         data = self.splits[split]
         index = starts.numpy()[:, None] + np.arange(self.block_size + 1)
         rows = torch.from_numpy(data[index].astype(np.int64))  # (N, block + 1); reads only these windows
-        return {"idx": rows[:, :-1], "targets": rows[:, 1:]}
+        return {"idx": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}  # plain tensors: any model's .view works
 
     @staticmethod
     def count(batch: dict[str, torch.Tensor], bytes_per_token: torch.Tensor) -> tuple[int, float]:

@@ -19,6 +19,7 @@ class TrainConfig:
     min_lr: float = 1e-4  # floor of the cosine decay
     warmup_steps: int = 100
     decay_steps: Optional[int] = None  # cosine reaches min_lr here; defaults to max_steps
+    schedule: str = "steps"  # steps: cosine over decay_steps; time: cosine over max_time seconds (see optim.lr_at)
     weight_decay: float = 0.1  # on weights of 2 or more dimensions only
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
@@ -35,6 +36,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
             raise ScratchLLMError(f"compile_mode '{self.compile_mode}' is not one of default, reduce-overhead, max-autotune")
+        if self.schedule not in ("steps", "time") or (self.schedule == "time" and self.max_time is None):
+            raise ScratchLLMError(f"schedule must be steps, or time together with max_time; got {self.schedule}, max_time={self.max_time}")
         if self.precision not in PRECISIONS:
             raise ScratchLLMError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):

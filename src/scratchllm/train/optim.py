@@ -28,12 +28,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to `lr` over `warmup_steps`, then cosine down to `min_lr` at `decay_steps`, then flat."""
-    decay_steps = cfg.decay_steps or cfg.max_steps
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup to `lr` over `warmup_steps`, then cosine down to `min_lr` at `decay_steps`, then flat.
+
+    With `schedule="time"` the cosine runs over the wall-clock budget instead: its progress is
+    `elapsed / max_time` (seconds since training began), so a run that must end at a time (a
+    speedrun) reaches `min_lr` as time runs out however fast the machine is that day. The price: the
+    learning rate depends on the clock, so such a run does not repeat bit for bit."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if step >= decay_steps:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+    if cfg.schedule == "time":
+        progress = min(1.0, elapsed / cfg.max_time)
+    else:
+        decay_steps = cfg.decay_steps or cfg.max_steps
+        if step >= decay_steps:
+            return cfg.min_lr
+        progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

@@ -54,6 +54,9 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
         check_output(out_dir, force_flag=False)  # a new run starts in a new or empty folder: nothing of the user's is touched
     if spec.task is None:
         raise ScratchLLMError(f"a {spec.model_type} model is not trained by scratchllm")
+    # the command's flags first, then --set: the finished config is checked once, whatever set what
+    configs["train"] = replace_train(configs["train"], max_steps=max_steps, max_time=max_time,
+                                     precision=precision, compile=compile, fsdp=fsdp)
     before = dict(configs)
     configs = apply_overrides(configs, overrides)
     if resume is not None and (configs["model"] != before["model"] or configs["tokenizer"] != before["tokenizer"]):
@@ -65,8 +68,6 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
         raise ScratchLLMError("--set tokenizer.vocab_size / pattern / special_tokens apply to a BPE tokenizer the run trains; "
                               + ("--tokenizer gives this run's" if tokenizer_path is not None else
                                  "this preset's is character-level (add --set tokenizer.kind=bpe to train one)"))
-    configs["train"] = replace_train(configs["train"], max_steps=max_steps, max_time=max_time,
-                                     precision=precision, compile=compile, fsdp=fsdp)
     train_cfg = configs["train"]
     model_cfg, tokenizer, batches, data = spec.task.prepare(spec, configs["model"], tokenizer, configs["tokenizer"], data,
                                                             train_cfg.seed, progress)

@@ -59,6 +59,7 @@ class Trainer:
             fsdp.shard(self.model, shard_units(self.model), self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.step, self.best_val = 0, math.inf
+        self.elapsed = 0.0  # seconds of training so far, over every resumption (for schedule="time")
         self.resumed = resume_from is not None
         if resume_from is not None:
             self._restore(resume_from)
@@ -107,6 +108,8 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.step = state["step"]
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
+        elapsed = state.get("elapsed", 0.0)
+        self.elapsed = float(elapsed) if isinstance(elapsed, (int, float)) and math.isfinite(elapsed) and elapsed >= 0 else 0.0
 
     def _save(self, val_loss: float) -> None:
         """latest/ with the trainer state, and best/ when this evaluation is the best so far. Every rank
@@ -122,6 +125,7 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"step": self.step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                 "elapsed": round(self.elapsed, 3),
                  "world_size": self.dist.world_size, "optimizer": info}
         meta = {**self.meta, "step": self.step, "val_loss": val_loss}
         ckpt.save_checkpoint(self.out_dir / "latest", weights, meta, self.tokenizer, state, tensors)
@@ -151,7 +155,7 @@ class Trainer:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        lr = lr_at(self.step, cfg)
+        lr = lr_at(self.step, cfg, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = self.batches.draw_step(cfg.batch_size, cfg.grad_accum, self.dist.world_size, self.dist.rank)
@@ -210,12 +214,14 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, mininterval=0.5, desc="train")
         start = time.time()
+        elapsed_before = self.elapsed
         window_start, window_steps = time.perf_counter(), 0
         last_eval: dict[str, float] = {}
         train_seconds, steps_done = 0.0, 0  # time in training steps only, for a clean tokens/s
         skip_eval = self.resumed  # the checkpoint we resumed from was evaluated and saved already
         self.model.train()
         while True:
+            self.elapsed = elapsed_before + time.time() - start
             time_up = cfg.max_time is not None and time.time() - start >= cfg.max_time
             done = self.step >= cfg.max_steps or time_up
             if (self.step % cfg.eval_interval == 0 or done) and not skip_eval:
@@ -248,7 +254,7 @@ class Trainer:
                 rate = tokens_per_step * window_steps / max(1e-9, now - window_start)
                 train_seconds += now - window_start
                 if self.dist.is_main:
-                    self.metrics.log(kind="train", step=self.step, loss=value, lr=lr_at(self.step - 1, cfg),
+                    self.metrics.log(kind="train", step=self.step, loss=value, lr=lr_at(self.step - 1, cfg, self.elapsed),
                                      tokens_per_s=round(rate, 1), elapsed=round(time.time() - start, 3))
                 bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}")
                 window_start, window_steps = now, 0

@@ -71,9 +71,10 @@ def main():
     ap.add_argument("--preset", default="llama3.2-1b")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--n-layer", type=int, default=None, help="fewer layers than the preset's (a quick check)")
+    ap.add_argument("--only", choices=["ddp", "fsdp"], default=None, help="one of the two runs (where memory is short)")
     args = ap.parse_args()
     print(f"{args.preset}{f' cut to {args.n_layer} layers' if args.n_layer else ''}, {args.nproc} gloo processes, one step of batch 1 x 64, fp32 weights and AdamW state")
-    for fsdp in (False, True):
+    for fsdp in [m == "fsdp" for m in ("ddp", "fsdp") if args.only in (None, m)]:
         env = {**os.environ, "FSDP_MEMORY_WORKER": args.preset, "FSDP_MEMORY_SHARD": "1" if fsdp else "0",
                "OMP_NUM_THREADS": "1", "FSDP_MEMORY_LAYERS": str(args.n_layer or "")}
         out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",

@@ -1629,7 +1629,7 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint(world, capsys, monkeypatc
     from scratchllm.train import trainer
 
     w = world
-    monkeypatch.setattr(trainer, "lr_at", lambda step, cfg: 1e30)
+    monkeypatch.setattr(trainer, "lr_at", lambda step, cfg, elapsed=0.0: 1e30)
     code = main(tiny_train(w) + ["--set", "eval_interval=1", "--max-steps", "5"] + out(w, "run"))
     err = check_one_line_error(capsys, code, "at step 1")
     assert "nan" in err.lower() or "inf" in err.lower()

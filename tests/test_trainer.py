@@ -216,3 +216,13 @@ def test_compiled_training_matches_eager(small_corpus, tmp_path):
     compiled = make_trainer(small_corpus, tmp_path / "b", precision="fp32", compile=True)
     for _ in range(3):
         assert compiled.train_step().item() == pytest.approx(eager.train_step().item(), rel=1e-4)
+
+
+def test_time_schedule_decays_over_the_time_budget():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=10**6, max_time=100.0, schedule="time")
+    assert lr_at(5, cfg, elapsed=50.0) == pytest.approx(6 / 11)  # warmup still counts steps
+    assert lr_at(20, cfg, elapsed=0.0) == pytest.approx(1.0)
+    assert lr_at(20, cfg, elapsed=50.0) == pytest.approx(0.55)  # half the budget spent: half way down
+    assert lr_at(20, cfg, elapsed=250.0) == pytest.approx(0.1)
+    with pytest.raises(ScratchLLMError, match="schedule must be steps, or time together with max_time"):
+        TrainConfig(schedule="time")

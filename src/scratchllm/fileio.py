@@ -49,15 +49,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
             tmp.write_bytes(data)
 
 
-def write_folder_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` into a fresh temporary folder, then swap it in for `final`.
-
-    The swap is two renames (final -> .old, tmp -> final); a reader that finds no `final` takes
-    `.old` (see `checkpoint.resolve_checkpoint`), so some complete folder always exists."""
-    final = Path(final)
+def _written_beside(final: Path, write: Callable[[Path], None]) -> Path:
+    """A fresh temporary folder beside `final` (`.NAME.tmp-PID`) holding what `write(tmp)` wrote, on
+    disk (fsynced); removed again if writing fails."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    old = final.with_name(f".{final.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -68,6 +64,17 @@ def write_folder_atomically(final: str | Path, write: Callable[[Path], None]) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return tmp
+
+
+def write_folder_atomically(final: str | Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` into a fresh temporary folder, then swap it in for `final`.
+
+    The swap is two renames (final -> .old, tmp -> final); a reader that finds no `final` takes
+    `.old` (see `checkpoint.resolve_checkpoint`), so some complete folder always exists."""
+    final = Path(final)
+    tmp = _written_beside(final, write)
+    old = final.with_name(f".{final.name}.old")
     try:
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -116,14 +123,8 @@ def write_output_folder(out: str | Path, write: Callable[[Path], None]) -> Path:
     folder beside it, then each is renamed into `out`; files of `out` that this command did not
     write are left alone. A folder that did not exist appears whole, in one rename."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _written_beside(out, write)
     try:
-        write(tmp)
-        for f in tmp.iterdir():
-            _fsync(f)
         if not out.exists():
             os.rename(tmp, out)
             return out

@@ -1,14 +1,20 @@
 """Attention forward + backward: torch's fused scaled_dot_product_attention against the plain
 matmul-softmax path of scratchllm.layers.attention, at the shapes of our char presets.
 
-    python benchmarks/attention.py
+    python benchmarks/attention.py            # training shapes
+    python benchmarks/attention.py --decode   # one query over S cached keys (SmolLM2's heads, bf16)
 
 Prints milliseconds per forward+backward of each path and the ratio (fused / plain), in fp32
 and under bf16 autocast. This is the measurement behind `use_fused_kernel`.
+
+`--decode`: microseconds per call of `attend` for one bf16 query (9 heads over 3 kv heads of 64,
+as SmolLM2) against S cached keys, with the one-query fp32 path on and off: the measurement behind
+`DECODE_IN_FP32_MAX_KEYS`.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -40,7 +46,33 @@ def time_path(fused: bool, shape, precision: str, reps: int) -> float:
     return (time.perf_counter() - start) / reps * 1e3
 
 
+def decode() -> None:
+    default = attention.DECODE_IN_FP32_MAX_KEYS
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one bf16 query, 9 heads, 3 kv heads, d 64")
+    print(f"{'keys S':>8}{'bf16 us':>10}{'fp32 us':>10}{'fp32/bf16':>11}")
+    with torch.inference_mode():
+        for S in (32, 128, 256, 512, 1024, 2048):
+            q = torch.randn(1, 9, 1, 64, dtype=torch.bfloat16)
+            k, v = (torch.randn(1, 3, S, 64, dtype=torch.bfloat16) for _ in range(2))
+            us = {}
+            for limit in (0, 10**9):
+                attention.DECODE_IN_FP32_MAX_KEYS = limit
+                best = float("inf")
+                for _ in range(5):
+                    start = time.perf_counter()
+                    for _ in range(500):
+                        attention.attend(q, k, v, causal=True)
+                    best = min(best, (time.perf_counter() - start) / 500 * 1e6)
+                us[limit] = best
+            print(f"{S:>8}{us[0]:>10.1f}{us[10**9]:>10.1f}{us[10**9] / us[0]:>10.2f}x")
+    attention.DECODE_IN_FP32_MAX_KEYS = default
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decode", action="store_true", help="one-query attention in bf16, with and without fp32")
+    if ap.parse_args().decode:
+        return decode()
     original = attention.use_fused_kernel
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; causal attention, forward + backward")
     print(f"{'shape':<15}{'precision':<11}{'fused ms':>10}{'plain ms':>10}{'fused/plain':>13}")

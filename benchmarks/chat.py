@@ -8,7 +8,9 @@ that dtype); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/whe
 never a dependency of the project) runs the Q4_1 file itself. Each path runs `--rounds` times,
 alternating, and its best round counts (this machine's speed drifts minute to minute). Prints
 tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
-measured here, which bounds decoding: tokens/s <= bandwidth / bytes per token.
+measured here, which bounds decoding: tokens/s <= bandwidth / bytes per token. Our models' weights
+are packed for oneDNN once, before timing (as `scratchllm chat` and the server do; the time it took
+is printed); the "unpacked" rows are the same models on torch's own products, for the packing's gain.
 """
 
 from __future__ import annotations
@@ -33,13 +35,29 @@ def bandwidth_gb_s() -> float:
     return best
 
 
-def ours_run(lm, ids: list[int], n: int):
-    """(prefill seconds, decode tokens/s, tokens) with scratchllm's generate (stop tokens off: exactly n)."""
-    from scratchllm.generate import generate
+def ours_run(lm, ids: list[int], n: int, packed: bool = True):
+    """(prefill seconds, decode tokens/s, tokens) with scratchllm's generate (stop tokens off: exactly n).
 
+    The models are packed once up front, as a chat session or the server does; `packed=False` runs
+    torch's own products instead (pack_for_inference sees no packable weight), to show the gain."""
+    from scratchllm.generate import generate
+    from scratchllm.layers import linear
+
+    if not packed:
+        linear.unpack(lm.model)
+        can_pack, linear.can_pack = linear.can_pack, lambda weight: False
+    try:
+        return _timed(generate(lm.model, ids, n, temperature=0))
+    finally:
+        if not packed:
+            linear.can_pack = can_pack
+            linear.pack_for_inference(lm.model)
+
+
+def _timed(tokens_in):
     start = time.perf_counter()
     first, tokens = None, []
-    for token in generate(lm.model, ids, n, temperature=0):
+    for token in tokens_in:
         if first is None:
             first = time.perf_counter()
         tokens.append(token)
@@ -88,11 +106,17 @@ def main():
 
     import scratchllm
     from scratchllm.chat_template import render_chat
+    from scratchllm.layers import pack_for_inference
     from scratchllm.pretrained import pretrained_path
 
     transformers.logging.set_verbosity_error()
     path = pretrained_path("smollm2-135m-instruct")
     ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16")}
+    pack_seconds = {}
+    for p, lm in ours.items():  # once, as `scratchllm chat` and the server do (layers/linear.py)
+        start = time.perf_counter()
+        pack_for_inference(lm.model)
+        pack_seconds[p] = time.perf_counter() - start
     tok, template = ours["fp32"].tokenizer, ours["fp32"].chat_template
     hf32 = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     hf = {"fp32": hf32, "bf16": transformers.AutoModelForCausalLM.from_pretrained(
@@ -111,7 +135,10 @@ def main():
           + (f", llama-cpp-python {llama_cpp.__version__}" if llm else ", llama.cpp not installed"))
     print(f"measured read bandwidth: {bw:.1f} GB/s")
 
+    print("weights packed for oneDNN in " + ", ".join(f"{s:.2f} s ({p})" for p, s in pack_seconds.items()))
+
     paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16")}
+    paths.update({f"unpacked {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n, packed=False)) for p in ("fp32", "bf16")})
     paths.update({f"transformers {p}": (lambda ids, n, p=p: hf_run(hf[p], ids, n)) for p in ("fp32", "bf16")})
     if llm is not None:
         paths["llama.cpp Q4_1"] = lambda ids, n: llama_cpp_run(llm, ids, n)
@@ -139,7 +166,8 @@ def main():
         for p in ("fp32", "bf16"):
             ours_d, hf_d = best[f"scratchllm {p}"][1], best[f"transformers {p}"][1]
             print(f"  decode, scratchllm / transformers {p}: {ours_d / hf_d:.2f}x   "
-                  f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']})")
+                  f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']}; "
+                  f"packed / unpacked {ours_d / best[f'unpacked {p}'][1]:.2f}x)")
         if llm is not None:
             q = best["llama.cpp Q4_1"][1]
             print(f"  decode, scratchllm bf16 / llama.cpp Q4_1: {best['scratchllm bf16'][1] / q:.2f}x; "

@@ -1,6 +1,8 @@
 """Why our Linear stores W as (in, out): one-row products (decoding) against nn.Linear's (out, in).
 
-    python benchmarks/linear_layout.py
+    python benchmarks/linear_layout.py            # the small models' shapes
+    python benchmarks/linear_layout.py --decode   # SmolLM2-135M's: read bandwidth of each layout
+    python benchmarks/linear_layout.py --pack-sizes   # where a oneDNN-packed weight starts to pay
 
 Decoding multiplies a single row by each weight matrix. For each shape of the small Llamas
 (llama-bpe-baby: 128 wide, MLP 352, vocabulary 2048; the 256-wide one of benchmarks/generate.py),
@@ -9,10 +11,20 @@ it times x @ W with W stored (in, out) (ours) and F.linear(x, W) with W stored (
 weights come from the shared cache rather than the core's own. Then the same for training-sized
 products (768 rows, forward and backward, as in the char GPT), where the layout should not matter.
 Prints microseconds per product and the ratio nn.Linear / ours (above 1: ours is faster).
+
+`--decode`: one decoding step's products of SmolLM2-135M (30 layers of 576 -> 960 q/k/v, 576 -> 576,
+576 -> 3072 gate+up, 1536 -> 576, then the 49152-token head: 134.5M weights, far past any cache),
+in fp32 and bf16, with W (in, out), W (out, in) through F.linear, and W packed by oneDNN
+(`layers/linear.py`, pack_for_inference). Prints GB/s of weights read, beside a plain sum over
+the same tensors (the machine's read bandwidth for them).
+
+`--pack-sizes`: one-row products x @ W against the oneDNN-packed W, fp32 and bf16, from 128 x 256 to
+576 x 3072, cycling through 8 MB of copies (from the caches, as a small model decodes).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -51,7 +63,60 @@ def training(rows: int, d_in: int, d_out: int) -> tuple[float, float]:
     return t_ours, t_theirs
 
 
+def decode_step(dtype: torch.dtype) -> None:
+    from scratchllm.layers.linear import PackedWeight, can_pack
+
+    shapes = [(576, 960), (576, 576), (576, 3072), (1536, 576)] * 30 + [(576, 49152)]
+    ours = [torch.randn(d_in, d_out, dtype=dtype) for d_in, d_out in shapes]  # (in, out)
+    theirs = [w.t().contiguous() for w in ours]  # (out, in)
+    packed = [PackedWeight(w, w) for w in theirs] if can_pack(ours[0]) else None
+    nbytes = sum(w.numel() * w.element_size() for w in ours)
+    print(f"{dtype}, {nbytes / 1e6:.0f} MB of weights per step:")
+    for n_rows in (1, 16):  # one stream; the server's engine with 16 requests
+        rows = {d: torch.randn(n_rows, d, dtype=dtype) for d in (576, 1536)}
+        ways = {"sum (bandwidth)": lambda: [w.sum() for w in ours],
+                "(in, out), x @ W": lambda: [rows[w.size(0)] @ w for w in ours],
+                "(out, in), F.linear": lambda: [F.linear(rows[w.size(1)], w) for w in theirs]}
+        if packed is not None:
+            ways["oneDNN packed"] = lambda: [p(rows[w.size(1)], None) for p, w in zip(packed, theirs)]
+        for name, fn in ways.items():
+            if name.startswith("sum") and n_rows > 1:
+                continue
+            seconds = per_call_us(fn, 1, repeats=10) / 1e6
+            print(f"  {n_rows:>2} row(s)  {name:<22} {seconds * 1e3:6.1f} ms   {nbytes / seconds / 1e9:5.1f} GB/s")
+
+
+def pack_sizes() -> None:
+    from scratchllm.layers.linear import PackedWeight
+
+    print("one row, microseconds per product; ratio above 1: packed is faster")
+    for dtype in (torch.float32, torch.bfloat16):
+        for d_in, d_out in [(128, 256), (352, 128), (128, 2048), (384, 1152), (576, 576), (576, 960),
+                            (1024, 1024), (576, 3072)]:
+            copies = max(2, min(64, int(8e6 / (d_in * d_out * 4))))  # past the caches, as in decoding
+            ours = [torch.randn(d_in, d_out, dtype=dtype) for _ in range(copies)]
+            packed = [PackedWeight(w.t().contiguous(), w) for w in ours]
+            x = torch.randn(1, 1, d_in, dtype=dtype)
+            reps = 20
+            plain = per_call_us(lambda: [x @ w for _ in range(reps) for w in ours], reps * copies)
+            fast = per_call_us(lambda: [p(x, None) for _ in range(reps) for p in packed], reps * copies)
+            print(f"  {str(dtype):<15} {d_in:>4} x {d_out:<5} ({d_in * d_out / 1e6:4.2f}M)  x @ W {plain:6.1f}   "
+                  f"packed {fast:6.1f}   {plain / fast:5.2f}x")
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decode", action="store_true", help="SmolLM2-135M's decoding step, fp32 and bf16")
+    ap.add_argument("--pack-sizes", action="store_true", help="where packing a weight for oneDNN pays")
+    args = ap.parse_args()
+    if args.pack_sizes:
+        with torch.no_grad():
+            return pack_sizes()
+    if args.decode:
+        with torch.no_grad():
+            for dtype in (torch.float32, torch.bfloat16):
+                decode_step(dtype)
+        return
     torch.set_grad_enabled(True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
     print("one row (decoding), microseconds per product:")

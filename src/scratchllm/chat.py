@@ -17,6 +17,7 @@ from scratchllm.chat_template import render_chat
 from scratchllm.checkpoint import Pretrained
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generate import TextStream, generate
+from scratchllm.layers import pack_for_inference
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ChatSession:
         self.lm.spec.require("chat", self.lm.source)
         if self.lm.tokenizer is None:
             raise ScratchLLMError(f"{self.lm.source} has no tokenizer; a chat needs one")
+        pack_for_inference(self.lm.model)  # CPU: packed once for the session, not at every reply (layers/linear.py)
 
     def reset(self) -> None:
         self.history.clear()

@@ -23,8 +23,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.offset == 0.0 and x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # one call into torch, the same numbers
+        if self.offset == 0.0:
+            # as Llama: normalise in fp32, cast back, then scale. torch's rms_norm computes in fp32 for
+            # a bf16 input and rounds once: bit-equal to x.float() -> rms_norm -> .to(bf16), two ops fewer
+            return self.weight * F.rms_norm(x, (x.size(-1),), eps=self.eps)
         dtype = x.dtype
         x = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps)  # x * rsqrt(mean(x^2) + eps)
-        if self.offset == 0.0:
-            return self.weight * x.to(dtype)  # as Llama: cast back, then scale
         return (x * (self.offset + self.weight.float())).to(dtype)  # as Gemma: scale in fp32, then cast

@@ -15,7 +15,7 @@ from torch import nn
 
 from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import KVCache, Linear
+from scratchllm.layers import KVCache, Linear, TiedHead
 from scratchllm.layers.blocks import PreNormBlock
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_sizes
@@ -58,6 +58,7 @@ class GPT(nn.Module):
             PreNormBlock(c.n_embd, c.n_head, 4 * c.n_embd, c.activation, c.bias, c.dropout, causal=True, norm_eps=c.norm_eps)
             for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.head = TiedHead(self.wte)  # logits = x @ wte^T: the embedding table is the output head
         self.apply(self._init_weights)
         # GPT-2: residual projections start smaller, so the sum over 2 * n_layer branches keeps unit scale.
         for name, p in self.named_parameters():
@@ -90,7 +91,7 @@ class GPT(nn.Module):
             x = block(x, cache, i, mask)
         if cache is not None:
             cache.advance(T)
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, vocab): the tied head, x @ wte^T
+        logits = self.head(self.ln_f(x))  # (B, T, vocab): the tied head, x @ wte^T
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

@@ -19,7 +19,7 @@ from torch import nn
 
 from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, RMSNorm, RopeScaling, inverse_frequencies,
+from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, TiedHead, RMSNorm, RopeScaling, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_sizes
@@ -111,7 +111,7 @@ class Llama(nn.Module):
         self.blocks = nn.ModuleList(LlamaBlock(c) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd, c.norm_eps, c.norm_offset)
         # tied: the output head is the embedding table itself (logits = x @ embed^T), no weights of its own
-        self.lm_head = None if c.tie_embeddings else Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = TiedHead(self.embed) if c.tie_embeddings else Linear(c.n_embd, c.vocab_size, bias=False)
         self._rope: torch.Tensor | None = None  # cos / sin tables, fp32 whatever the weights' dtype (see _rope_tables)
         for name, p in self.named_parameters():
             if p.dim() >= 2:  # small normal init, residual outputs scaled down by depth (as GPT-2); norms keep theirs
@@ -163,7 +163,7 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.norm(x)
-        logits = F.linear(x, self.embed.weight) if self.lm_head is None else self.lm_head(x)  # (B, T, vocab)
+        logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
             return logits
         # ignore_index -100: positions without a target (PaliGemma's image and prefix) add no loss

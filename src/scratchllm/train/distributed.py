@@ -47,6 +47,12 @@ def average(value: float, info: DistInfo, device: torch.device) -> float:
     return t.item() / info.world_size
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, wait_for_all: bool = False) -> None:
+    """Leave the process group (a no-op once left). `wait_for_all`: first wait until every rank is
+    done, so that none tears its connections down while a peer still talks through them (gloo
+    aborts a process whose worker threads are still busy: "terminate called without an active
+    exception", seen once in a few dozen 2-process runs)."""
     if info.enabled and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()

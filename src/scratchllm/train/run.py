@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
             summary = trainer.fit()
             summary["n_params"] = sum(p.numel() for p in model.parameters())
             del trainer, model  # DDP and FSDP state goes before the process group it talks through
+            gc.collect()  # FSDP's hooks keep the model in reference cycles: free it now, not at exit
+        shutdown(dist_info, wait_for_all=True)
     finally:
-        shutdown(dist_info)
+        shutdown(dist_info)  # after an error: no barrier (another rank may be gone)
     summary["is_main"] = dist_info.is_main
     return summary

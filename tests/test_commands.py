@@ -244,3 +244,23 @@ def test_help_and_tokenizer_commands_do_not_import_torch(tmp_path):
                  ["tokenizer", "decode", "--tokenizer", str(ROOT / "tests" / "data" / "gpt2"), "31373 995"]):
         result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
         assert result.stderr.strip().splitlines()[-1] == "False", (argv, result.stderr[-500:])
+
+
+def test_every_module_a_test_may_skip_without_is_installed_by_the_test_setup():
+    """`pytest.importorskip(name)` skips quietly where the module is missing: every such x must come with the dev
+    extra (`make test` installs it), or a fresh clone silently runs fewer tests than this one."""
+    import re
+    import sys
+
+    if sys.version_info < (3, 11):
+        pytest.skip("reads pyproject.toml with tomllib (Python 3.11+)")
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    installed = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for req in extra}
+    skipped = set()
+    for path in (ROOT / "tests").glob("*.py"):
+        skipped |= set(re.findall(r"""importorskip\(\s*["']([\w.]+)["']""", path.read_text()))
+    assert skipped, "the scan found no importorskip: the pattern is broken"
+    missing = sorted(name for name in skipped if name.split(".")[0].lower() not in installed)
+    assert not missing, f"tests skip without {missing}, which the dev extra does not install"

@@ -72,18 +72,18 @@ def decode_step(dtype: torch.dtype) -> None:
     packed = [PackedWeight(w, w) for w in theirs] if can_pack(ours[0]) else None
     nbytes = sum(w.numel() * w.element_size() for w in ours)
     print(f"{dtype}, {nbytes / 1e6:.0f} MB of weights per step:")
+
+    def report(label: str, fn) -> None:
+        seconds = per_call_us(fn, 1, repeats=10) / 1e6
+        print(f"  {label:<32} {seconds * 1e3:6.1f} ms   {nbytes / seconds / 1e9:5.1f} GB/s")
+
+    report("sum (bandwidth)", lambda: [w.sum() for w in ours])
     for n_rows in (1, 16):  # one stream; the server's engine with 16 requests
         rows = {d: torch.randn(n_rows, d, dtype=dtype) for d in (576, 1536)}
-        ways = {"sum (bandwidth)": lambda: [w.sum() for w in ours],
-                "(in, out), x @ W": lambda: [rows[w.size(0)] @ w for w in ours],
-                "(out, in), F.linear": lambda: [F.linear(rows[w.size(1)], w) for w in theirs]}
+        report(f"{n_rows:>2} row(s)  (in, out), x @ W", lambda: [rows[w.size(0)] @ w for w in ours])
+        report(f"{n_rows:>2} row(s)  (out, in), F.linear", lambda: [F.linear(rows[w.size(1)], w) for w in theirs])
         if packed is not None:
-            ways["oneDNN packed"] = lambda: [p(rows[w.size(1)], None) for p, w in zip(packed, theirs)]
-        for name, fn in ways.items():
-            if name.startswith("sum") and n_rows > 1:
-                continue
-            seconds = per_call_us(fn, 1, repeats=10) / 1e6
-            print(f"  {n_rows:>2} row(s)  {name:<22} {seconds * 1e3:6.1f} ms   {nbytes / seconds / 1e9:5.1f} GB/s")
+            report(f"{n_rows:>2} row(s)  oneDNN packed", lambda: [p(rows[w.size(1)], None) for p, w in zip(packed, theirs)])
 
 
 def pack_sizes() -> None:
@@ -93,7 +93,7 @@ def pack_sizes() -> None:
     for dtype in (torch.float32, torch.bfloat16):
         for d_in, d_out in [(128, 256), (352, 128), (128, 2048), (384, 1152), (576, 576), (576, 960),
                             (1024, 1024), (576, 3072)]:
-            copies = max(2, min(64, int(8e6 / (d_in * d_out * 4))))  # past the caches, as in decoding
+            copies = max(2, min(64, int(8e6 / (d_in * d_out * 4))))  # ~8 MB: in cache, as a small model's weights
             ours = [torch.randn(d_in, d_out, dtype=dtype) for _ in range(copies)]
             packed = [PackedWeight(w.t().contiguous(), w) for w in ours]
             x = torch.randn(1, 1, d_in, dtype=dtype)

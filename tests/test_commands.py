@@ -247,8 +247,8 @@ def test_help_and_tokenizer_commands_do_not_import_torch(tmp_path):
 
 
 def test_every_module_a_test_may_skip_without_is_installed_by_the_test_setup():
-    """`pytest.importorskip(name)` skips quietly where the module is missing: every such x must come with the dev
-    extra (`make test` installs it), or a fresh clone silently runs fewer tests than this one."""
+    """`pytest.importorskip(name)` skips quietly where the module is missing: every such module must come
+    with the dev extra (`make test` installs it), or a fresh clone silently runs fewer tests than this one."""
     import re
     import sys
 

@@ -51,6 +51,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _seeded_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A random generator on `device`, seeded with `seed`, or from the OS when it is None."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed) if seed is not None else generator.seed()
+    return generator
+
+
 class _Batch:
     """Left-padded token rows with their padding mask and positions."""
 
@@ -100,7 +107,9 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
                                   seed, use_cache)
 
 
-def _generate_rows(model, prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop_tokens, seed, use_cache):
+def _generate_rows(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
+                   top_k: int | None, top_p: float | None, min_p: float | None, stop_tokens: Sequence[int],
+                   seed: int | None, use_cache: bool) -> Iterator[list[int | None]]:
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ScratchLLMError("every prompt needs at least one token")
     spec = spec_of(model)
@@ -109,8 +118,7 @@ def _generate_rows(model, prompts, max_new_tokens, temperature, top_k, top_p, mi
     weights = next(model.parameters())
     device, dtype = weights.device, weights.dtype  # the cache holds keys and values in the compute dtype
     context = model.config.block_size
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed) if seed is not None else generator.seed()
+    generator = _seeded_generator(seed, device)
     batch = _Batch([list(p)[-context:] for p in prompts], device)
     stops = set(stop_tokens)
     done = [False] * len(prompts)  # kept in Python: a step's tokens come to the CPU anyway, to be yielded
@@ -264,9 +272,7 @@ class Engine:
         if None not in self.rows:
             raise ScratchLLMError("every row of the engine is busy; wait for a request to finish")
         index = self.rows.index(None)
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(request.seed) if request.seed is not None else generator.seed()
-        row = _Row(request, index, generator, len(prompt), prompt if not self.cached else [])
+        row = _Row(request, index, _seeded_generator(request.seed, self.device), len(prompt), prompt if not self.cached else [])
         if self.cached:  # exactly generate()'s prefill of one prompt, into this row's part of the cache
             ids = torch.tensor([prompt], device=self.device)
             positions = torch.arange(len(prompt), device=self.device)[None]
@@ -308,7 +314,7 @@ class Engine:
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[Token]:
         """The next token of each row from its logits (rows, V), with its request's own options and generator."""
         if all(r.request.temperature <= 0 for r in rows):
-            picked = logits.argmax(dim=-1)
+            picked = sample_next(logits, temperature=0.0)  # greedy, every row in one call
         else:
             picked = torch.cat([sample_next(logits[i:i + 1], r.request.temperature, r.request.top_k, r.request.top_p,
                                             r.generator, r.request.min_p) for i, r in enumerate(rows)])

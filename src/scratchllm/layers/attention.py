@@ -56,7 +56,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
     Returns (B, H, T, D).
     """
     scale = scale if scale is not None else 1.0 / math.sqrt(q.size(-1))
-    dtype = q.dtype
     n_rep = q.size(1) // k.size(1)
     B, H, T, D = q.shape
     S = k.size(-2)
@@ -75,10 +74,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
         q = q.reshape(B, H // n_rep, n_rep * T, D)
         if mask is not None:  # the same (T, S) mask for each of the n_rep stacked heads
             mask = torch.cat([mask] * n_rep, dim=-2)
-    if T == 1 and S <= DECODE_IN_FP32_MAX_KEYS and not torch.is_grad_enabled():
+    upcast = T == 1 and S <= DECODE_IN_FP32_MAX_KEYS and q.dtype != torch.float32 and not torch.is_grad_enabled()
+    if upcast:
         # decoding, one query: torch's bf16 products this small are slow on our CPU (a whole call 38-43 us
         # up to 256 keys, 21-35 us in fp32 with the casts; `benchmarks/attention.py --decode`); past
         # ~500 keys the casts cost more. fp32 is also the more exact: the softmax is fp32 anyway
+        dtype = q.dtype
         q, k, v = q.float(), k.float(), v.float()
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, KV, n_rep * T, S)
     if mask is not None:
@@ -86,7 +87,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # softmax in fp32 under autocast
     if dropout_p > 0.0:
         probs = F.dropout(probs, p=dropout_p)
-    return (probs @ v).view(B, H, T, D).to(dtype)
+    y = (probs @ v).view(B, H, T, D)
+    return y.to(dtype) if upcast else y
 
 
 _MASKS: dict[tuple[int, int, str], torch.Tensor] = {}

@@ -9,11 +9,11 @@ head), about the same or 0.9x when it is narrower (the down projection), while t
 products take the same time either way. `interop/hf.py` transposes nn.Linear weights in and out.
 
 For decoding on the CPU, `pack_for_inference(model)` adds to every Linear (and tied output head) a
-copy of its weight in oneDNN's blocked layout, which the forward pass uses under no_grad: a decoding
-step's one-row products of SmolLM2-135M then read the weights at 32 GB/s in bf16 instead of 16, and
-31 instead of 22 in fp32, where a plain sum reads 36-46; with 16 rows (the server's batched step)
-1.9x faster in bf16, 2.3x in fp32 (2 cores, `python benchmarks/linear_layout.py --decode`). bf16
-results are bit-equal. The copy is checked
+copy of its weight in oneDNN's blocked layout, which the forward pass uses under no_grad (in fp32
+only for models past FP32_PACK_MIN_MODEL_BYTES): a decoding step's one-row products of SmolLM2-135M
+then read the weights at 32 GB/s in bf16 instead of 16, and 31 instead of 22 in fp32, where a plain
+sum reads 36-46; with 16 rows (the server's batched step) 1.9x faster in bf16, 2.3x in fp32 (2 cores,
+`python benchmarks/linear_layout.py --decode`). bf16 results are bit-equal. The copy is checked
 against its weight at every call (same storage, no in-place change since): it is never stale.
 """
 

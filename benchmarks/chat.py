@@ -1,6 +1,9 @@
-"""SmolLM2-135M-Instruct on this CPU: prefill and decode speed of scratchllm, transformers and llama.cpp.
+"""SmolLM2-135M-Instruct on this CPU: prefill and decode speed of scratchllm, transformers and llama.cpp;
+with --turns, the time to first token of a conversation's turns with the KV cache kept (scratchllm chat's
+way) and with every turn prefilled cold.
 
     python benchmarks/chat.py [--new-tokens 128] [--rounds 3] [--threads 2]
+    python benchmarks/chat.py --turns 10 [--rounds 3] [--precision fp32|bf16|auto] [--user-tokens 120] [--reply-tokens 24]
 
 All in one process, batch 1, greedy, on the same weights: the named model's Q4_1 GGUF, dequantized
 once. scratchllm and transformers' `generate` run in fp32 and in bf16 (the weights and the KV cache in
@@ -94,13 +97,79 @@ def llama_cpp_run(llm, ids: list[int], n: int):
     return first - start, (n - 1) / (end - first), tokens
 
 
+# a user's turn: Shakespeare's sonnets, so the conversation is text a chat model would read
+TURN_TEXT = ("From fairest creatures we desire increase, That thereby beauty's rose might never die, But as the riper "
+             "should by time decease, His tender heir might bear his memory: But thou contracted to thine own bright "
+             "eyes, Feed'st thy light's flame with self-substantial fuel, Making a famine where abundance lies, Thy self "
+             "thy foe, to thy sweet self too cruel: Thou that art now the world's fresh ornament, And only herald to the "
+             "gaudy spring, Within thine own bud buriest thy content, And, tender churl, mak'st waste in niggarding: Pity "
+             "the world, or else this glutton be, To eat the world's due, by the grave and thee. When forty winters shall "
+             "besiege thy brow, And dig deep trenches in thy beauty's field, Thy youth's proud livery so gazed on now, "
+             "Will be a tatter'd weed of small worth held.").split()
+
+
+def turns(args) -> None:
+    """A conversation of --turns turns, each user message about --user-tokens tokens, each reply --reply-tokens
+    (greedy), held by a session that keeps its cache (`ChatSession`) and by one that prefills the whole
+    conversation at every turn (reuse_cache=False): whether the two say the same, and the time to first token
+    of each turn both ways. The times are the best of --rounds replays of the turn's first token on a fresh
+    row (cold: the whole prompt; cached: the row first holding, untimed, what the session's cache held), so
+    that other work on the machine shows as little as it can."""
+    import scratchllm
+    from scratchllm.chat import ChatSession
+    from scratchllm.generate import Request, Sampling
+
+    lm = scratchllm.load_pretrained("smollm2-135m-instruct", precision=args.precision)
+    sampling, first = Sampling(max_tokens=args.reply_tokens, temperature=0), Sampling(max_tokens=1, temperature=0)
+    system = "You are a patient reader of poetry. Answer in one short sentence."
+    warm, cold = ChatSession(lm, system, sampling), ChatSession(lm, system, sampling, reuse_cache=False)
+    words = iter(TURN_TEXT * 1000)
+
+    def first_token_seconds(ids: list[int], held: int) -> float:
+        best = float("inf")
+        for _ in range(args.rounds):
+            engine = lm.new_engine(1, len(ids) + 1)
+            if held:
+                engine.add(Request(ids[:held], first))  # what the cache held from the turns before
+            start = time.perf_counter()
+            engine.add(Request(ids, first))
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    print(f"SmolLM2-135M-Instruct, {lm.dtype}, {args.threads} threads: {args.turns} turns, user turns of about "
+          f"{args.user_tokens} tokens, greedy replies of at most {args.reply_tokens}; best of {args.rounds}")
+    print(f"{'turn':>4}{'prompt':>8}{'cached':>8}{'TTFT cold':>11}{'TTFT cached':>13}{'ratio':>8}  same reply")
+    first_token_seconds(lm.encode("Hello, world. " * 40), 0)  # warm-up: kernels, allocator
+    with torch.inference_mode():
+        for turn in range(1, args.turns + 1):
+            user = f"Read this and tell me what it is about. {' '.join(next(words) for _ in range(args.user_tokens * 3 // 4))}"
+            ids, _ = warm.prompt_ids(user)
+            cold_text, warm_text = "".join(cold.reply(user)), "".join(warm.reply(user))
+            w = warm.last
+            assert w.prompt_tokens == len(ids)
+            t_cold, t_warm = first_token_seconds(ids, 0), first_token_seconds(ids, w.cached_tokens)
+            print(f"{turn:>4}{len(ids):>8}{w.cached_tokens:>8}{t_cold * 1000:>9.0f}ms{t_warm * 1000:>11.0f}ms"
+                  f"{t_cold / t_warm:>7.1f}x  {warm_text == cold_text}")
+            if warm_text != cold_text:  # the two conversations part: keep comparing the same prompts
+                cold.history = list(warm.history)
+    print(f"turn {args.turns}: {len(ids)} prompt tokens, {w.cached_tokens} of them in the cache; time to first token "
+          f"{t_cold * 1000:.0f} ms cold, {t_warm * 1000:.0f} ms cached: {t_cold / t_warm:.1f}x")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--turns", type=int, default=None, help="time to first token over a conversation of this many turns")
+    ap.add_argument("--precision", default="auto", help="with --turns: fp32, bf16 or auto (default auto)")
+    ap.add_argument("--user-tokens", type=int, default=120, help="with --turns: about how long each user turn is")
+    ap.add_argument("--reply-tokens", type=int, default=24, help="with --turns: the longest reply")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.turns:
+        turns(args)
+        return
 
     import transformers
 

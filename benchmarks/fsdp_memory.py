@@ -31,7 +31,7 @@ def worker(preset: str, fsdp: bool, n_layer: int | None) -> None:
 
     from scratchllm.data.batches import TokenBatches
     from scratchllm.models import get_spec
-    from scratchllm.presets import get_preset
+    from scratchllm.train.presets import get_preset
     from scratchllm.train.distributed import init_distributed, shutdown
     from scratchllm.train.trainer import Trainer
 

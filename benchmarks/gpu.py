@@ -58,7 +58,7 @@ def char(args, nanogpt) -> None:
     from scratchllm.data.batches import TokenBatches
     from scratchllm.data.tokens import corpus_tokens
     from scratchllm.models import build_model
-    from scratchllm.presets import get_preset
+    from scratchllm.train.presets import get_preset
     from scratchllm.train.trainer import Trainer
 
     preset = get_preset("gpt-char")

@@ -31,7 +31,7 @@ from torch import nn
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
 from scratchllm.models import build_model
-from scratchllm.presets import get_preset
+from scratchllm.train.presets import get_preset
 from scratchllm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,12 +20,14 @@
 # 2. the simplest language model, the **bigram**: first as a table of counts, then as a table learned by
 #    gradient descent, and why both end up at the same place;
 # 3. the **averaging trick** that lets a token look at the tokens before it, written three ways;
-# 4. one **attention head**, then **several heads**, then the **block** (residual connections, LayerNorm, MLP);
-# 5. the baby GPT (`gpt-char-baby`) trained for 800 steps with the project's trainer, a sample, and a look at
-#    what its attention heads learned.
+# 4. one **attention head**, then **several heads**, then the **block** (residual connections, LayerNorm, MLP,
+#    dropout);
+# 5. the baby GPT (`gpt-char-baby`): batches and a training step written by hand, then a 600-step run with the
+#    project's trainer, a generation loop written by hand, samples, and a look at what its attention heads learned.
 #
 # Everything we write by hand is checked against the library (`scratchllm`) with an `assert`: the
-# hand-built block, given the library block's weights, computes the same numbers.
+# hand-built block, given the library block's weights, computes the same numbers; the hand-written training
+# loop gives the trainer's losses; the hand-written generation loop, the library's characters.
 #
 # The corpus is TinyShakespeare (1.1M characters), read from `tests/data/` in this repository, so the
 # lesson needs no network, and a CPU is enough.
@@ -35,20 +37,26 @@ import json
 import math
 import re
 import tempfile
-from collections import Counter
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import PowerNorm
 
 import scratchllm
-from scratchllm.generate import generate
+from scratchllm.data.batches import TokenBatches
+from scratchllm.generate import Engine, Request, Sampling, generate
 from scratchllm.layers import PreNormBlock
-from scratchllm.models import Bigram, BigramConfig
+from scratchllm.models import GPT, Bigram, BigramConfig, GPTConfig
 from scratchllm.tokenizers import CharTokenizer
+from scratchllm.train.optim import lr_at as library_lr_at
+from scratchllm.train.presets import get_preset
 from scratchllm.train.run import train
 
+LESSON_START = time.perf_counter()
 torch.set_num_threads(1)  # these models are small; one thread cannot be stalled by other programs on the CPU
 torch.manual_seed(0)
 CORPUS = Path("../tests/data/tinyshakespeare.txt")  # lessons run from lessons/; the file is in the repo
@@ -314,23 +322,43 @@ plt.show()
 # compute `y = x @ W` (the layout of the maths, and of GPT-2's files), so a projection here is `x @ W`.
 #
 # The scores are divided by `sqrt(head_size)`. Why: if q and k have unit-variance entries, their dot product
-# sums `head_size` such products and has variance `head_size`. Large scores make the softmax nearly one-hot,
-# so each position would attend to a single other one and the gradients through the others vanish. Dividing
-# by `sqrt(head_size)` brings the variance back to about 1. The cell below measures both.
+# sums `head_size` such products and has variance `head_size`. The wider the head, the larger the scores, and
+# large scores make the softmax nearly one-hot: each position attends to a single other one, and the gradients
+# through all the others vanish. Dividing by `sqrt(head_size)` brings the variance back to 1 at every width.
+#
+# The cell measures it. For each head width, 500 queries, each scored against 16 keys of its own (every
+# entry an independent standard normal), and for each query the largest of its 16 softmax weights, averaged
+# over the queries: 1/16 ≈ 0.06 would be uniform weights, 1 a one-hot row.
 
 # %%
 torch.manual_seed(2)
-head_size = 64
-q_, k_ = torch.randn(1000, head_size), torch.randn(1000, head_size)
-raw = (q_ * k_).sum(dim=-1)
-scaled = raw / math.sqrt(head_size)
-print(f"variance of q.k: {raw.var():.1f}, after scaling: {scaled.var():.2f}")
-row = torch.randn(8, head_size)
-peak_raw = torch.softmax(row @ row[0] * 1.0, dim=0).max()
-peak_scaled = torch.softmax(row @ row[0] / math.sqrt(head_size), dim=0).max()
-print(f"largest softmax weight, unscaled: {peak_raw:.3f}, scaled: {peak_scaled:.3f}")
-assert 0.7 * head_size < raw.var() < 1.3 * head_size and 0.7 < scaled.var() < 1.3
-assert peak_raw > 0.99 and peak_scaled < peak_raw
+n_queries, n_keys = 500, 16
+widths = [4, 16, 64, 256, 1024]
+peak_unscaled, peak_scaled = [], []
+print("head_size   var(q.k)   var(q.k / sqrt(head_size))   largest weight: unscaled   scaled")
+for width in widths:
+    q_ = torch.randn(n_queries, 1, width)  # one query per row
+    k_ = torch.randn(n_queries, n_keys, width)  # and its own 16 keys
+    raw = (q_ @ k_.transpose(-2, -1))[:, 0]  # (n_queries, n_keys) scores
+    scaled = raw / math.sqrt(width)
+    peak_unscaled.append(torch.softmax(raw, dim=-1).max(dim=-1).values.mean().item())
+    peak_scaled.append(torch.softmax(scaled, dim=-1).max(dim=-1).values.mean().item())
+    print(f"{width:9d}   {raw.var():8.1f}   {scaled.var():26.2f}   {peak_unscaled[-1]:24.3f}   {peak_scaled[-1]:6.3f}")
+    assert 0.8 * width < raw.var() < 1.2 * width and 0.8 < scaled.var() < 1.2
+
+fig, ax = plt.subplots(figsize=(6, 3.2))
+ax.plot(widths, peak_unscaled, "o-", label="scores q·k")
+ax.plot(widths, peak_scaled, "s-", label="scores q·k / sqrt(head_size)")
+ax.axhline(1 / n_keys, color="k", ls=":", label="uniform weights (1/16)")
+ax.set_xscale("log", base=2)
+ax.set_xticks(widths, [str(w) for w in widths])
+ax.set_ylim(0, 1.05)
+ax.set_xlabel("head_size (entries of each query and key)")
+ax.set_ylabel("largest softmax weight\n(mean over 500 queries)")
+ax.legend(loc="center right")
+plt.show()
+assert all(a < b for a, b in zip(peak_unscaled, peak_unscaled[1:])) and peak_unscaled[-1] > 0.9  # towards one-hot
+assert max(peak_scaled) - min(peak_scaled) < 0.05 and max(peak_scaled) < 0.3  # scaled: the same spread at every width
 
 # %%
 def head(x: torch.Tensor, Wq: torch.Tensor, Wk: torch.Tensor, Wv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,132 +494,500 @@ with torch.no_grad():
     assert torch.equal(block(x, params_zero, n_head=4), x)
 
 # %% [markdown]
+# ### Dropout
+#
+# One more piece sits in the block, switched off in the baby model but on in nanoGPT's larger `gpt-char`
+# preset (`dropout=0.2`): **dropout** (Srivastava et al., 2014), a guard against memorising the training text.
+# While training, a dropout layer sets each number that passes through it to zero with probability `p`, a new
+# random choice at every step, and multiplies the survivors by `1/(1-p)`. No unit can rely on one particular
+# other unit being there, and each step trains a different thinned network. The scaling keeps the expected
+# value of every output what it was without dropout; doing it at training time ("inverted" dropout) means
+# that at evaluation and generation time (`model.eval()`) the layer simply passes its input on, unchanged.
+#
+# The library's GPT applies it, as nanoGPT does, to the sum of token and position embeddings, to the attention
+# weights, and to the output of each sub-layer (attention, MLP) before it is added to the stream. The cell
+# writes it, checks it against `torch.nn.functional.dropout`, and checks that the library's block with
+# dropout is our block in eval mode and random in training mode. (The baby model sets `dropout=0.0`: its short
+# run sees less than half of the training text, too little to memorise; section 7c counts it.)
+
+# %%
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: in training, zero each entry with probability p and scale the others by 1/(1-p)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1 - p)  # 1 with probability 1 - p, else 0
+    return x * (keep / (1 - p))
+
+
+p_drop = 0.2
+ones = torch.ones(100_000)
+dropped = dropout(ones, p_drop, training=True)
+print(f"zeroed: {(dropped == 0).float().mean():.4f}, survivors become {dropped.max():.4f}, mean {dropped.mean():.4f}")
+assert abs((dropped == 0).float().mean() - p_drop) < 0.01  # a fraction p is zeroed
+assert torch.allclose(dropped[dropped > 0], torch.tensor(1 / (1 - p_drop)))  # the rest scaled by 1/(1-p)
+assert abs(dropped.mean() - 1) < 0.01  # so the mean is kept
+assert torch.equal(dropout(ones, p_drop, training=False), ones)  # at eval time: nothing happens
+torch.manual_seed(6)
+ours = dropout(x, p_drop, training=True)
+torch.manual_seed(6)
+assert torch.allclose(ours, F.dropout(x, p_drop, training=True))  # torch's, from the same random numbers
+
+torch.manual_seed(7)
+dropout_block = PreNormBlock(dim=C, n_head=4, hidden=4 * C, dropout=p_drop)
+with torch.no_grad():
+    assert not torch.equal(dropout_block(x), dropout_block(x))  # training mode (the default): new masks at each call
+    dropout_block.eval()
+    assert (dropout_block(x) - block(x, dict(dropout_block.named_parameters()), n_head=4)).abs().max() < 1e-6
+
+gpt_with_dropout = GPT(GPTConfig(vocab_size=V, n_layer=2, dropout=p_drop))
+dropout_layers = [name for name, m in gpt_with_dropout.named_modules() if isinstance(m, torch.nn.Dropout)]
+print(dropout_layers)  # embeddings, then each block's attention output and MLP output
+assert dropout_layers == ["drop", "blocks.0.attn.resid_dropout", "blocks.0.mlp.dropout",
+                          "blocks.1.attn.resid_dropout", "blocks.1.mlp.dropout"]
+assert all(b.attn.dropout == p_drop for b in gpt_with_dropout.blocks)  # and the attention weights, in `attend`
+assert get_preset("gpt-char-baby").model.dropout == 0.0 and get_preset("gpt-char").model.dropout == 0.2
+
+
+# %% [markdown]
 # ## 7. The baby GPT
 #
 # A GPT is: a token embedding plus a position embedding, a stack of blocks, a final LayerNorm, and a linear
 # map to one logit per vocabulary entry (GPT-2 reuses the token-embedding table for it: "tied" weights).
-# The `gpt-char-baby` preset is nanoGPT's CPU model: 4 blocks, 4 heads, width 128, a context of 64 characters,
-# 0.8M parameters.
+# The `gpt-char-baby` preset is nanoGPT's CPU model: 4 blocks, 4 heads, width 128, a context (`block_size`) of
+# 64 characters, 0.8M parameters.
 #
-# We train it with the project's trainer for 800 steps of 12 sequences. The full preset runs 2000 steps; for
-# this shorter run we raise the peak learning rate from 1e-3 to 2e-3 and shorten the warm-up from 100 steps to
-# 50 (the cosine schedule shrinks with `max_steps`). Precision is the trainer's default, `auto`: bf16 matrix
-# products where the CPU does them natively, fp32 elsewhere. The run folder goes to a temporary directory.
+# Training it takes two more pieces, which we write by hand: batches and a training step. Then we check that
+# our loop is the loop the project's trainer runs, and let the trainer do the real run (it also evaluates,
+# saves checkpoints and logs metrics). After training comes the third piece, the generation loop.
+#
+# ### 7a. Batches
+#
+# The model learns from windows of the training text: `block_size` characters as the input `x`, and as the
+# targets `y` the same window moved on by one character. So at every position `t` the target is the
+# character that follows `x[0..t]`, and one window holds 64 training examples at once (predict character 1
+# from character 0, character 2 from characters 0-1, ..., character 64 from characters 0-63). A batch is
+# `batch_size` windows starting at random places.
+#
+# The library's `TokenBatches` (in `src/scratchllm/data/batches.py`) draws the start positions with
+# `torch.randint` from its own random generator, seeded with the run's seed (1337 by default), so that a
+# run can be repeated and resumed. Our `get_batch`, given a generator seeded the same way, draws the same
+# windows.
 
 # %%
-runs = Path(tempfile.mkdtemp(prefix="scratchllm-lesson1-"))
-summary = train("gpt-char-baby", data=str(CORPUS), out=runs / "gpt", max_steps=800,
-                overrides=["lr=2e-3", "warmup_steps=50", "eval_interval=200", "device=cpu"], progress=False)
-print(f"{summary['n_params']:,} parameters; val loss {summary['val_loss']:.4f} after {summary['step']} steps")
+baby = get_preset("gpt-char-baby")  # its model config and its trainer config
+block_size, batch_size, seed = baby.model.block_size, baby.train.batch_size, baby.train.seed
+print(f"block_size {block_size}, batch_size {batch_size}, seed {seed}")
+
+
+def get_batch(data: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """batch_size random windows of data: inputs x (B, T) and targets y (B, T), y being x moved on by one."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    x = torch.stack([data[s:s + block_size] for s in starts])
+    y = torch.stack([data[s + 1:s + block_size + 1] for s in starts])
+    return x, y
+
+
+xb, yb = get_batch(train_ids, torch.Generator().manual_seed(seed))
+print(xb.shape, yb.shape)
+print(f"x[0, :24] = {decode(xb[0, :24].tolist())!r}\ny[0, :24] = {decode(yb[0, :24].tolist())!r}")
+assert torch.equal(xb[:, 1:], yb[:, :-1])  # the targets are the inputs one position on
+
+generator = torch.Generator().manual_seed(seed)
+library_batches = TokenBatches(train_ids.numpy(), val_ids.numpy(), block_size, seed=seed)
+for _ in range(5):  # the first 5 steps' batches
+    xb, yb = get_batch(train_ids, generator)
+    (library_batch,) = library_batches.draw_step(batch_size, grad_accum=1)  # a list of micro-batches: one here
+    assert torch.equal(xb, library_batch["idx"]) and torch.equal(yb, library_batch["targets"])
+
+# %% [markdown]
+# ### 7b. A training step
+#
+# One step of training:
+#
+# 1. set the learning rate from the **schedule**: a linear warm-up from almost 0 to the peak `lr` over the first
+#    `warmup_steps` (Adam's first updates, made from noisy estimates of the gradient's moments, would
+#    otherwise be large), then a cosine from `lr` down to `min_lr` at the last step;
+# 2. draw a batch and compute the loss: the model returns it with the logits, the cross-entropy
+#    `-log P(target)` averaged over all B × T positions;
+# 3. backpropagate, and **clip** the gradient: if the norm of all gradients together exceeds 1, scale them
+#    down to norm 1, so that one unlucky batch cannot throw the weights far;
+# 4. update the weights with **AdamW**: Adam, plus a weight decay that pulls weights towards zero, applied to
+#    the matrices and embeddings only (not to the LayerNorm gains).
+#
+# The library's trainer (`train_step` in `src/scratchllm/train/trainer.py`, with `src/scratchllm/train/optim.py`)
+# does exactly this. To check, we run both for 10 steps (so the schedule goes through its warm-up and its
+# whole cosine) in fp32, from the same initial weights (the trainer calls `torch.manual_seed(seed)` just before
+# it builds the model) and on the same batches. Their losses must agree.
+#
+# The trainer also evaluates the model, at the start, every `eval_interval` steps and at the end, on fixed
+# batches of the training and of the validation text, and prints the mean loss in two units. The loss is in
+# **nats** per character (natural logarithms). Divided by ln 2 it is in **bits** per character: the number of
+# bits per character a compressor driven by the model's predictions would need (arithmetic coding comes within
+# a hair of it). The trainer prints **bits per byte**: the bits for the whole text divided by the number of
+# bytes the text takes in UTF-8. Per byte, models with different tokenizers become comparable: a BPE token
+# (lesson 2) stands for several characters, so its loss per token is larger even when the model is better; per
+# byte, every model pays for the same text. Every character of TinyShakespeare is ASCII, one byte, so here
+# bits per byte = bits per character = loss / ln 2.
+
+# %%
+def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Linear warm-up to lr over warmup_steps, then a cosine down to min_lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / (max_steps - warmup_steps)  # 0 -> 1 over the cosine
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def train_by_hand(model: torch.nn.Module, max_steps: int, lr: float, min_lr: float, warmup_steps: int) -> list[float]:
+    """Train on batches from get_batch with AdamW and the schedule above; returns the loss of every step."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]  # linear weights and embeddings: decayed
+    vectors = [p for p in model.parameters() if p.dim() < 2]  # LayerNorm gains: not decayed
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}],
+                                  lr=lr, betas=(0.9, 0.99), fused=True)  # fused: one kernel per group, as the trainer's
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    losses = []
+    for step in range(max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr, min_lr, warmup_steps, max_steps)
+        x, y = get_batch(train_ids, generator)
+        _, loss = model(x, y)  # logits (B, T, V) and the mean cross-entropy over the B * T positions
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl: one per logged training step and one per evaluation."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+CHECK_STEPS, CHECK_WARMUP, LR, MIN_LR = 10, 3, 3e-3, 1e-4
+torch.manual_seed(seed)
+gpt = GPT(replace(baby.model, vocab_size=V))  # the trainer builds the preset's config with the tokenizer's vocabulary
+losses_by_hand = train_by_hand(gpt, CHECK_STEPS, LR, MIN_LR, CHECK_WARMUP)
+
+runs = Path(tempfile.mkdtemp(prefix="scratchllm-lesson1-"))  # the run folders of this lesson
+check_overrides = [f"lr={LR}", f"min_lr={MIN_LR}", f"warmup_steps={CHECK_WARMUP}", "log_interval=1",
+                   f"eval_interval={CHECK_STEPS}", "eval_batches=1", "device=cpu"]  # a loss logged at every step
+check = train("gpt-char-baby", data=str(CORPUS), out=runs / "check", max_steps=CHECK_STEPS, precision="fp32",
+              overrides=check_overrides, progress=False)
+losses_library = [r["loss"] for r in read_metrics(runs / "check") if r["kind"] == "train"]
+print("step   lr        by hand    trainer")
+for step, (ours, theirs) in enumerate(zip(losses_by_hand, losses_library)):
+    print(f"{step + 1:4d}   {lr_at(step, LR, MIN_LR, CHECK_WARMUP, CHECK_STEPS):.2e}  {ours:.6f}   {theirs:.6f}")
+assert len(losses_library) == CHECK_STEPS
+assert max(abs(ours - theirs) for ours, theirs in zip(losses_by_hand, losses_library)) < 1e-5
+assert len(text.encode("utf-8")) == len(text)  # one byte per character, so bits per byte = loss / ln 2:
+assert abs(check["val_bpb"] - check["val_loss"] / math.log(2)) < 1e-6
+
+
+# %% [markdown]
+# ### 7c. The real run
+#
+# Now the project's trainer trains the baby GPT for 600 steps of 12 windows. The full preset runs 2000 steps
+# at a peak learning rate of 1e-3 after 100 warm-up steps; for this shorter run we raise the peak to 3e-3 and
+# shorten the warm-up to 50 steps (the cosine shrinks with `max_steps`). 600 steps see 600 × 12 × 64 = 460,800
+# target characters, less than half of the training text: the model has no time to memorise it, which is why
+# the preset does without dropout. Precision is the trainer's default, `auto`: bf16 matrix products where the
+# CPU does them natively, fp32 elsewhere. So the run is not the same, bit for bit, on every CPU; what the rest
+# of the lesson asserts about the trained model holds whichever the CPU. The trainer evaluates every 200 steps,
+# on 20 fixed batches.
+
+# %%
+assert (baby.model.n_layer, baby.model.n_head, baby.model.n_embd, baby.model.block_size) == (4, 4, 128, 64)
+assert (baby.train.max_steps, baby.train.lr, baby.train.warmup_steps) == (2000, 1e-3, 100)
+MAX_STEPS, WARMUP = 600, 50
+assert MAX_STEPS * batch_size * block_size < 0.5 * len(train_ids)  # less than half the training text
+run_config = replace(baby.train, lr=LR, min_lr=MIN_LR, warmup_steps=WARMUP, max_steps=MAX_STEPS)
+assert all(abs(lr_at(step, LR, MIN_LR, WARMUP, MAX_STEPS) - library_lr_at(step, run_config)) < 1e-12
+           for step in range(MAX_STEPS))  # our schedule is the trainer's, at every step of this run
+summary = train("gpt-char-baby", data=str(CORPUS), out=runs / "gpt", max_steps=MAX_STEPS, progress=False,
+                overrides=[f"lr={LR}", f"min_lr={MIN_LR}", f"warmup_steps={WARMUP}", "eval_interval=200", "device=cpu"])
+print(f"{summary['n_params']:,} parameters, {summary['precision']}; "
+      f"val loss {summary['val_loss']:.4f} after {summary['step']} steps")
 assert 0.79e6 < summary["n_params"] < 0.81e6
 
 # %% [markdown]
-# Each run writes `metrics.jsonl`: one record per logged step and one per evaluation. The training loss is
-# noisy (each step sees a different random batch); the evaluations average 20 fixed batches.
+# Each run writes `metrics.jsonl`: one record per logged step (every 10 steps) and one per evaluation. The
+# training loss of a step is noisy (each step sees a different random batch); the evaluations average 20 fixed
+# batches. The learning rate, from our `lr_at` (the cell above checked it against the trainer's for every step
+# of this run), is drawn below the losses.
 
 # %%
-records = [json.loads(line) for line in (runs / "gpt" / "metrics.jsonl").read_text().splitlines()]
+records = read_metrics(runs / "gpt")
 train_curve = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
 eval_curve = [(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"]
-fig, ax = plt.subplots(figsize=(6, 3.5))
+bigram_val = nll(learned_log_P, counts_val)
+fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, height_ratios=[3, 1])
 ax.plot(*zip(*train_curve), label="train (one batch)", alpha=0.6)
-ax.plot(*zip(*eval_curve), "o-", label="validation")
-ax.axhline(nll(learned_log_P, counts_val), color="k", ls="--", label="bigram, validation")
-ax.set_xlabel("step")
+ax.plot(*zip(*eval_curve), "o-", label="validation (20 batches)")
+ax.axhline(bigram_val, color="k", ls="--", label="bigram, validation")
 ax.set_ylabel("loss (nats per character)")
 ax.legend()
+ax_lr.plot(range(MAX_STEPS), [lr_at(step, LR, MIN_LR, WARMUP, MAX_STEPS) for step in range(MAX_STEPS)])
+ax_lr.set_xlabel("step")
+ax_lr.set_ylabel("learning rate")
 plt.show()
-assert summary["val_loss"] < nll(learned_log_P, counts_val) - 0.2  # attention beats the bigram clearly
+print(f"validation: {summary['val_loss']:.3f} nats = {summary['val_bpb']:.3f} bits per character; "
+      f"bigram: {bigram_val:.3f} nats = {bigram_val / math.log(2):.3f} bits")
+assert summary["val_loss"] < bigram_val - 0.2  # attention beats the bigram clearly
+
 
 # %% [markdown]
-# ### A sample
+# ### 7d. Generating, by hand
 #
 # `load_pretrained` reads a checkpoint folder (the best one by validation loss) back into a model with its
-# tokenizer. We prompt it with a speaker's name and sample 300 characters at temperature 0.8 (a little
-# sharper than the model's own distribution), with a fixed seed.
+# tokenizer. To write, the model repeats one step: run the context through the model, take the logits at the
+# last position (its prediction for the next character), pick a character, append it to the context.
+#
+# - **Picking.** Greedy decoding takes the most likely character (the argmax). Sampling draws one from
+#   `softmax(logits / temperature)`: at temperature 1 that is the model's own distribution, below 1 a sharper
+#   one that favours the likely characters.
+# - **The context.** The model has position embeddings for 64 positions only, so the context is cropped to
+#   `block_size`. nanoGPT keeps the last 64 characters at every step. The library's generator keeps a KV cache
+#   (lesson 3: the keys and values of the positions already seen, so that a step computes only the new
+#   position's), and with learned positions a window that slides by one character moves every cached key to
+#   another position: the whole cache would have to be recomputed at every step. So when the context is full
+#   it keeps the last half (32 characters), computes them once, and grows again from there: one recomputation
+#   per 32 characters. Our loop crops the same way.
+#
+# Without its cache (`use_cache=False`) the library's `generate` runs the same computation as our loop, so the
+# characters must be the same: greedy, and sampled with the same seed.
 
 # %%
 pretrained = scratchllm.load_pretrained(runs / "gpt" / "best")
 model, tokenizer = pretrained.model, pretrained.tokenizer
+
+
+@torch.no_grad()
+def generate_by_hand(model, prompt: list[int], max_new_tokens: int, temperature: float, seed: int) -> list[int]:
+    """Continue the prompt: greedy at temperature 0, else sampled with a random generator seeded with `seed`."""
+    model.eval()
+    context_size = model.config.block_size
+    generator = torch.Generator().manual_seed(seed)
+    context = prompt[-context_size:]
+    new = []
+    for _ in range(max_new_tokens):
+        logits = model(torch.tensor([context]))[:, -1, :]  # (1, T) -> (1, T, V) -> (1, V): the last position's
+        if temperature == 0:
+            next_id = logits.argmax(dim=-1).item()
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            next_id = torch.multinomial(probs, 1, generator=generator).item()
+        new.append(next_id)
+        context = context + [next_id]
+        if len(context) > context_size:  # full: keep the last half
+            context = context[-(context_size // 2):]
+    return new
+
+
+def distinct_4grams(s: str) -> float:
+    """The share of a text's 4-character sequences that are distinct: low when it repeats itself."""
+    grams = [s[i:i + 4] for i in range(len(s) - 3)]
+    return len(set(grams)) / len(grams)
+
+
 prompt = tokenizer.encode("ROMEO:\n")
-ids = list(generate(model, prompt, max_new_tokens=300, temperature=0.8, seed=1))
-sample = "ROMEO:\n" + tokenizer.decode(ids)
-print(sample)
-assert re.search(r"\n[A-Z]{2,}:\n", sample)  # a new speaker, in capitals, with a colon and a line break
+for temperature in (0.0, 0.8):
+    ours = generate_by_hand(model, prompt, 200, temperature, seed=1)
+    library_ids = list(generate(model, prompt, 200, temperature=temperature, seed=1, use_cache=False))
+    print(f"temperature {temperature}, {distinct_4grams(decode(ours)):.0%} distinct 4-grams:\n{decode(ours)!r}\n")
+    assert ours == library_ids  # 200 characters: the context was full, and cropped, several times
+    if temperature == 0:
+        assert distinct_4grams(decode(ours)) < 0.5  # it goes round in a loop
+    else:
+        assert distinct_4grams(decode(ours)) > 0.8
+
+# %% [markdown]
+# Greedy decoding soon repeats itself: once the likeliest continuation of some text leads back to that text,
+# it loops forever. Sampling does not get stuck that way, which is why we sample.
+#
+# ### 7e. Samples
+#
+# We prompt the model with a speaker's name and sample 300 characters at temperature 0.8, 32 times (seeds 1
+# to 32), and the same from the bigram of section 2 for comparison. Our loop recomputes the whole context for
+# every character; for 32 samples we use the library's decoding loop, `Engine` (the one behind `generate` and
+# the server): it decodes the 32 requests together, one row each of one KV cache, each request with its own
+# seeded random generator. Here is the first sample:
+
+# %%
+N_SAMPLES, SAMPLE_CHARS = 32, 300
+
+
+def samples_of(model) -> list[str]:
+    """N_SAMPLES continuations of the prompt, SAMPLE_CHARS characters each, at temperature 0.8, seeds 1, 2, ..."""
+    engine = Engine(model, max_batch=N_SAMPLES)
+    requests = [Request(prompt, Sampling(max_tokens=SAMPLE_CHARS, temperature=0.8, seed=seed))
+                for seed in range(1, N_SAMPLES + 1)]
+    new = {id(request): [] for request in requests}
+    tokens = engine.add_all(requests)  # prefill the prompts: the first token of every request
+    while tokens:  # then one token per running request and step, until each has its SAMPLE_CHARS
+        for token in tokens:
+            new[id(token.request)].append(token.token)
+        tokens = engine.step()
+    return [decode(new[id(request)]) for request in requests]
+
+
+gpt_samples, bigram_samples = samples_of(model), samples_of(bigram)
+print("ROMEO:\n" + gpt_samples[0])
+
+# %% [markdown]
+# After 600 steps it has learned the form of a play: speeches that end with a blank line and a new speaker's
+# name in capitals and a colon, line breaks, common short words, plausible spelling. The meaning comes much
+# later, if at all, at this size.
+#
+# One sample shows little, and which characters come out changes with the machine's arithmetic (different
+# CPUs train slightly different models). So we measure the form over all 32 samples, against the bigram's:
+# how many of them start a new speech (a blank line, then a line with only a name in capitals and a colon),
+# and what share of their words of three letters or more are words of the training text. A quarter of the
+# GPT's samples or more start a new speech, at least twice as many as the bigram's, and the share of its words
+# that are real is more than twice the bigram's.
+
+# %%
+train_words = set(re.findall(r"[A-Za-z]+", text[:n_train]))
+
+
+def starts_a_speech(sample: str) -> bool:
+    return re.search(r"\n\n[A-Z][A-Z ]+:\n", sample) is not None  # a blank line, "NAME:", a line break
+
+
+def real_word_share(samples: list[str]) -> float:
+    words = [w for s in samples for w in re.findall(r"[A-Za-z]+", s) if len(w) >= 3]
+    return sum(w in train_words for w in words) / len(words)
+
+
+gpt_speeches = sum(starts_a_speech(s) for s in gpt_samples)
+bigram_speeches = sum(starts_a_speech(s) for s in bigram_samples)
+print(f"samples that start a new speech: GPT {gpt_speeches} of {N_SAMPLES}, bigram {bigram_speeches} of {N_SAMPLES}")
+print(f"words of 3+ letters found in the training text: GPT {real_word_share(gpt_samples):.0%}, "
+      f"bigram {real_word_share(bigram_samples):.0%}, the validation text {real_word_share([text[n_train:]]):.0%}")
+assert gpt_speeches >= N_SAMPLES // 4 and gpt_speeches >= 2 * bigram_speeches
+assert real_word_share(gpt_samples) > 2 * real_word_share(bigram_samples)
 
 with torch.no_grad():  # temperature 0.8 divides the logits by 0.8: a sharper, lower-entropy distribution
     next_logits = model(torch.tensor([prompt]))[0, -1]
 entropy = lambda logits: -(logits.softmax(-1) * logits.log_softmax(-1)).sum()  # noqa: E731
 assert entropy(next_logits / 0.8) < entropy(next_logits)
 
+
 # %% [markdown]
-# After 800 steps it has learned the form of a play: names in capitals followed by
-# a colon, line breaks, common short words, plausible spelling. The meaning comes much later, if at all, at
-# this size.
+# ### 7f. Looking inside, with our own code
 #
-# ### Looking inside, with our own code
-#
-# Our hand-built `block` can run the trained model: embed the prompt, apply the four blocks with the trained
-# weights, the final LayerNorm and the tied head. It should reproduce the library's logits. On the way we keep
-# every head's attention weights, to see what the layers learned.
+# Our hand-built `block` can run the trained model: embed the characters, apply the four blocks with the
+# trained weights, the final LayerNorm and the tied head. It should reproduce the library's logits. On the way
+# we keep every head's attention weights, to see what the layers learned. We run it on 32 windows of 64
+# characters spread evenly over the validation text: 2,048 rows of attention weights per head.
 
 # %%
 state = {name: p.detach() for name, p in model.named_parameters()}
 cfg = model.config
 hs = cfg.n_embd // cfg.n_head
-snippet = "ROMEO:\nWhat light through yonder window breaks?"
-idx = torch.tensor([tokenizer.encode(snippet)])
-h = state["wte.weight"][idx] + state["wpe.weight"][: idx.size(1)]
-attention_weights = []  # [layer][head]: (T, T)
-for i in range(cfg.n_layer):
-    p = {name.removeprefix(f"blocks.{i}."): w for name, w in state.items() if name.startswith(f"blocks.{i}.")}
-    Wq, Wk, Wv = p["attn.qkv.weight"].split(cfg.n_embd, dim=1)
-    normed = layer_norm(h, p["ln_1.weight"])
-    attention_weights.append([head(normed, Wq[:, s], Wk[:, s], Wv[:, s])[1][0]
-                              for s in (slice(j * hs, (j + 1) * hs) for j in range(cfg.n_head))])
-    h = block(h, p, cfg.n_head)
-logits_ours = layer_norm(h, state["ln_f.weight"]) @ state["wte.weight"].T
+head_columns = [slice(j * hs, (j + 1) * hs) for j in range(cfg.n_head)]  # head j's columns of Wq, Wk, Wv
+
+
+def forward_by_hand(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained GPT with our functions: idx (B, T) -> logits (B, T, V), attention (layers, heads, B, T, T)."""
+    h = state["wte.weight"][idx] + state["wpe.weight"][: idx.size(1)]  # (B, T, C)
+    weights = []
+    for i in range(cfg.n_layer):
+        p = {name.removeprefix(f"blocks.{i}."): w for name, w in state.items() if name.startswith(f"blocks.{i}.")}
+        Wq, Wk, Wv = p["attn.qkv.weight"].split(cfg.n_embd, dim=1)
+        normed = layer_norm(h, p["ln_1.weight"])
+        heads = [head(normed, Wq[:, s], Wk[:, s], Wv[:, s])[1] for s in head_columns]  # each (B, T, T)
+        weights.append(torch.stack(heads))  # (H, B, T, T)
+        h = block(h, p, cfg.n_head)
+    return layer_norm(h, state["ln_f.weight"]) @ state["wte.weight"].T, torch.stack(weights)
+
+
+starts = torch.linspace(0, len(val_ids) - block_size, 32).long()
+windows = torch.stack([val_ids[s:s + block_size] for s in starts])  # (32, 64)
 with torch.no_grad():
-    logits_library = model(idx)
+    logits_ours, attention = forward_by_hand(windows)
+    logits_library = model(windows)
 print(f"max |ours - library| over {logits_ours.numel():,} logits: {(logits_ours - logits_library).abs().max():.2e}")
 assert (logits_ours - logits_library).abs().max() < 1e-4
+print("attention weights:", tuple(attention.shape), "(layer, head, window, query position, key position)")
 
-labels = [repr(c)[1:-1] for c in snippet]
-fig, axes = plt.subplots(2, cfg.n_head, figsize=(14, 7.4))
-for layer, row in enumerate(axes):
-    for j, ax in enumerate(row):
-        ax.imshow(attention_weights[layer][j], cmap="viridis")
-        ax.set_title(f"layer {layer}, head {j}")
-        ax.set_xticks(range(len(snippet)), labels, fontsize=5)
-        ax.set_yticks(range(len(snippet)), labels, fontsize=5)
-plt.tight_layout()
+# %% [markdown]
+# Two kinds of head stand out in the measurements below (each is a mean over rows; "uniform" is what equal
+# weights over the visible characters would give on the same rows):
+#
+# - In **layer 0**, the heads put a large share of each row's weight on the current and the previous
+#   character, at least twice what uniform weights would, and more than the heads of any deeper layer do on
+#   average: they read local spelling.
+# - **Deeper** heads lock onto landmarks: keys that rows attend to wherever they are, such as the newline that
+#   starts a line or the colon after a speaker's name. The deeper head with the most weight on newlines gives
+#   them, on average over the rows that have one in view, at least four times the uniform share; likewise the
+#   deeper head with the most weight on colons.
+
+# %%
+L, H, n_windows, T, _ = attention.shape
+visible = torch.arange(1, T + 1.0)  # query position t sees t + 1 keys
+# the weight on key t (the current character) and key t - 1 (the previous one), at query positions t = 1 .. T - 1
+current_and_previous = (attention.diagonal(dim1=-2, dim2=-1)[..., 1:]
+                        + attention.diagonal(offset=-1, dim1=-2, dim2=-1)).mean(dim=(2, 3))  # (L, H)
+local_uniform = (2 / visible[1:]).mean().item()
+
+
+def weight_on(char: str) -> tuple[torch.Tensor, float]:
+    """Each head's mean weight on keys holding `char`, over the rows that see one (L, H); and uniform weights'."""
+    is_char = (windows == stoi[char]).float()  # (windows, keys)
+    seen = is_char.cumsum(dim=-1)  # (windows, queries): how many such keys row t sees
+    on_char = (attention * is_char[:, None, :]).sum(dim=-1)  # (L, H, windows, queries)
+    rows = seen > 0
+    return on_char[..., rows].mean(dim=-1), (seen / visible)[rows].mean().item()
+
+
+on_newline, newline_uniform = weight_on("\n")
+on_colon, colon_uniform = weight_on(":")
+print(f"weight on the current and previous character (uniform: {local_uniform:.3f}); rows: layers, columns: heads")
+print(current_and_previous.numpy().round(2))
+print(f"\nweight on newlines (uniform: {newline_uniform:.3f})\n{on_newline.numpy().round(2)}")
+print(f"\nweight on colons (uniform: {colon_uniform:.3f})\n{on_colon.numpy().round(2)}")
+layer_means = current_and_previous.mean(dim=1)
+assert layer_means[0] >= 2 * local_uniform and layer_means[0] > layer_means[1:].max()
+assert on_newline[1:].max() >= 4 * newline_uniform and on_colon[1:].max() >= 4 * colon_uniform
+
+# %% [markdown]
+# The picture shows three of those heads on a short exchange: the most local head of layer 0, and the deeper
+# heads with the most weight on newlines and on colons. Each row is a query position's weights over the key
+# positions up to it (the colour scale is a square root, so that small weights show too).
+
+# %%
+def strongest_deeper_head(share: torch.Tensor) -> tuple[int, int]:
+    """The (layer, head) of layers 1 and up with the largest share."""
+    i = int(share[1:].flatten().argmax())
+    return 1 + i // H, i % H
+
+
+local_head = (0, int(current_and_previous[0].argmax()))
+newline_head, colon_head = strongest_deeper_head(on_newline), strongest_deeper_head(on_colon)
+panels = [(local_head, f"{current_and_previous[local_head]:.0%} on the current and previous character",
+           f"uniform: {local_uniform:.0%}"),
+          (newline_head, f"{on_newline[newline_head]:.0%} on newlines", f"uniform: {newline_uniform:.1%}"),
+          (colon_head, f"{on_colon[colon_head]:.0%} on colons", f"uniform: {colon_uniform:.1%}")]
+
+snippet = "ROMEO:\nI go.\n\nJULIET:\nStay!"
+with torch.no_grad():
+    _, snippet_attention = forward_by_hand(torch.tensor([tokenizer.encode(snippet)]))  # (L, H, 1, T, T)
+labels = [{"\n": "↵", " ": "␣"}.get(c, c) for c in snippet]
+fig, axes = plt.subplots(1, 3, figsize=(14, 5.6), layout="constrained")
+for ax, ((layer, j), measured, uniform) in zip(axes, panels):
+    image = ax.imshow(snippet_attention[layer, j, 0], cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=1))
+    ax.set_title(f"layer {layer}, head {j}\n{measured}\n({uniform})", fontsize=10)
+    ax.set_xticks(range(len(snippet)), labels, fontsize=9)
+    ax.set_yticks(range(len(snippet)), labels, fontsize=9)
+    ax.set_xlabel("key position (the character attended to)")
+axes[0].set_ylabel("query position (the character attending)")
+fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight (square-root scale)")
 plt.show()
 
 # %% [markdown]
-# Each row is one position's weights over the positions up to it. In layer 0, three of the four heads put a
-# third or more of every row's weight on the current and the previous character: they read local spelling. The
-# fourth spreads its weight widely, much like the plain average of section 3. Deeper heads lock onto landmarks:
-# vertical stripes are keys that most rows attend to, such as the newline that starts the speech or the colon
-# after the speaker's name. The cell measures both (over the rows from position 10 on).
+# **Next:** lesson 2 replaces characters with byte-level BPE tokens, the tokenizer of GPT-2 and Llama 3.
 
 # %%
-def local_share(w):  # weight on the current and the previous position
-    return (torch.diagonal(w)[10:] + torch.diagonal(w, -1)[9:]).mean().item()
-
-
-def landmark(w):  # the key that most rows attend to most, and the share of rows that do
-    position, rows = Counter(w.argmax(dim=-1)[10:].tolist()).most_common(1)[0]
-    return snippet[position], rows / (len(snippet) - 10)
-
-
-layer0 = [local_share(w) for w in attention_weights[0]]
-print("layer 0, weight on the current and previous character:", [round(x, 2) for x in layer0])
-landmarks = [(layer, j, *landmark(w)) for layer in range(1, cfg.n_layer) for j, w in enumerate(attention_weights[layer])]
-strong = [(layer, j, char, share) for layer, j, char, share in landmarks if share >= 0.5]
-for layer, j, char, share in strong:
-    print(f"layer {layer}, head {j}: {share:.0%} of rows attend most to {char!r}")
-assert sum(x >= 0.3 for x in layer0) == 3 and min(layer0) < 0.2
-assert {char for _, _, char, _ in strong} == {"\n", ":"}
-
-# %% [markdown]
-# **Next:** lesson 2 replaces characters with byte-level BPE tokens, the tokenizer of GPT-2 and Llama 3.
+print(f"This lesson ran in {time.perf_counter() - LESSON_START:.1f} s")

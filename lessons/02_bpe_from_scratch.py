@@ -22,27 +22,37 @@
 # 2. counting adjacent pairs and merging the most frequent one;
 # 3. a complete trainer in a dozen lines, trained for a few hundred merges on Shakespeare, and shown to
 #    learn exactly the merges of the library's fast trainer (`scratchllm.tokenizers.bpe_train.train_bpe`);
-# 4. the regular expression that cuts text into chunks first (GPT-2's, GPT-4's, Llama 3's), and what goes
-#    wrong without it;
+# 4. the regular expression that cuts text into chunks first (GPT-2's, GPT-4's, Llama 3's, GPT-4o's), checked
+#    against tiktoken's own, and what goes wrong without it;
 # 5. special tokens, and why text must not be allowed to spell them;
 # 6. OpenAI's GPT-2 files and Meta's Llama 3 `tokenizer.model`, loaded by the library, giving tiktoken's
-#    ids on a paragraph with emoji, Chinese and Japanese, and digits.
+#    ids on a paragraph with emoji, Chinese and Japanese, and digits; and the byte-to-character map that
+#    makes GPT-2's files spell `" the"` as `"Ġthe"`.
 #
 # Data: TinyShakespeare and the two tokenizers' files, all in the repository's `tests/data/`.
 
 # %%
 import json
+import random
+import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import matplotlib.pyplot as plt
 import regex
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
+from tiktoken_ext import openai_public
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.tokenizers import BPETokenizer, CharTokenizer, formats, patterns
 from scratchllm.tokenizers.bpe_train import train_bpe
+
+LESSON_START = time.perf_counter()
 
 DATA = Path("../tests/data")  # lessons run from lessons/
 text = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
@@ -172,7 +182,8 @@ print("last merges: ", [token.decode() for token in learned[-12:]])
 assert b" the" in learned[:11] and {b" mother", b" death", b" speak"} <= set(learned[-12:])
 with_letters = [t for t in learned if regex.search(rb"[A-Za-z]", t)]
 assert all(regex.fullmatch(rb" ?[A-Za-z]+|'[a-z]+", t) for t in with_letters)  # letters, after at most one space
-#
+
+# %% [markdown]
 # **Encoding** new text with learned ranks repeats the merges in the order they were learned: in each chunk,
 # find the adjacent pair whose merged bytes have the lowest rank, merge it, and stop when no adjacent pair is
 # a token. Decoding just concatenates the tokens' bytes.
@@ -199,6 +210,33 @@ assert b"".join(vocab[i] for i in ids).decode("utf-8") == held_out  # lossless
 print(f"{len(held_out.encode()):,} bytes -> {len(ids):,} tokens: {len(held_out.encode()) / len(ids):.2f} bytes per token")
 
 # %% [markdown]
+# ### Why the order matters
+#
+# The ranks are not just a vocabulary; they are a recipe. A token learned late is built from tokens learned
+# before it, and at training time those pieces were already there when it was counted. Apply the same 400
+# merges with the priorities reversed (the last learned is tried first) and a late merge can grab a letter that
+# an earlier one needed: the token that should have formed never can.
+
+# %%
+n_tokens = len(vocab)  # 256 bytes + 400 learned
+reversed_ranks = {token: i if i < 256 else 256 + n_tokens - 1 - i for token, i in ranks.items()}  # same tokens
+reversed_vocab = {i: token for token, i in reversed_ranks.items()}
+
+word = " citizens"
+in_order = [vocab[i] for i in encode_tiny(word, ranks, patterns.GPT2)]
+out_of_order = [reversed_vocab[i] for i in encode_tiny(word, reversed_ranks, patterns.GPT2)]
+print(f"{word!r} in learned order: {in_order}")
+print(f"{word!r} in reverse order: {out_of_order}")
+assert in_order == [b" c", b"itizen", b"s"]
+assert out_of_order == [b" ", b"ci", b"t", b"i", b"zen", b"s"]
+assert ranks[b"ci"] > ranks[b" c"]  # "ci", learned late, went first and took the c that " c" needed
+
+ids_out_of_order = encode_tiny(held_out, reversed_ranks, patterns.GPT2)
+assert b"".join(reversed_vocab[i] for i in ids_out_of_order).decode("utf-8") == held_out  # still lossless...
+print(f"held-out text: {len(ids):,} tokens in learned order, {len(ids_out_of_order):,} in reverse order")
+assert len(ids_out_of_order) > 1.04 * len(ids)  # ...but longer: the vocabulary is the same, the recipe is not
+
+# %% [markdown]
 # ### The library's trainer gives the same merges
 #
 # `train_bpe` does the same job without recounting everything after each merge: it keeps the pair counts,
@@ -217,24 +255,168 @@ print(f"same {len(ranks)} tokens, same ids; same encoding of {len(ids):,} tokens
 #
 # GPT-2 does not run BPE over raw text. A regular expression first cuts the text into chunks: a word with
 # its leading space, a run of digits, a run of punctuation, whitespace; merges then happen only inside
-# chunks. The library keeps the three patterns that matter:
+# chunks. The library keeps the patterns in `scratchllm.tokenizers.patterns`: `GPT2`, `CL100K` (GPT-4, also
+# named `GPT4`), `O200K` (GPT-4o) and `LLAMA3`. This section checks them against the originals.
 #
-# - **GPT-2**: `'s 't 're ...` contractions (lower case only), ` ?letters`, ` ?digits`, ` ?other symbols`, spaces.
-# - **GPT-4** (`cl100k`): contractions in any case, a word may take one leading non-letter (so `"(hello"`
-#   stays together), digits in groups of **at most three**, newlines kept together with preceding punctuation.
-# - **Llama 3**: the same pattern as GPT-4's.
+# OpenAI's originals ship with tiktoken: each of its encodings is made by a function in
+# `tiktoken_ext.openai_public` that returns the pattern together with the ranks, which it downloads. We only
+# want the pattern, so we call that function with the download replaced by a stub that returns no ranks:
+# nothing is fetched.
+#
+# tiktoken does not show how it cut a text, but we can make it: give it a vocabulary that holds every
+# substring of the text, and BPE merges each chunk into a single token, so its tokens *are* its chunks. That
+# checks that the `regex` module, which this lesson uses, reads each pattern as tiktoken's own engine does.
+
+# %%
+def tiktoken_pattern(encoding: str) -> str:
+    """The split pattern of one of tiktoken's encodings, read without downloading its ranks."""
+    def no_ranks(*args, **kwargs) -> dict:
+        return {}  # stands in for the download
+
+    with mock.patch.object(openai_public, "load_tiktoken_bpe", no_ranks), \
+            mock.patch.object(openai_public, "data_gym_to_mergeable_bpe_ranks", no_ranks):  # GPT-2's loader
+        return openai_public.ENCODING_CONSTRUCTORS[encoding]()["pat_str"]
+
+
+def tiktoken_chunks(pattern: str, text: str) -> list[str]:
+    """How tiktoken's own engine cuts `text` with `pattern`.
+
+    Every substring of the text is a token, so BPE merges each chunk into one token."""
+    data = text.encode("utf-8")
+    substrings = {data[i:j] for i in range(len(data)) for j in range(i + 2, len(data) + 1)}
+    every_substring = {bytes([b]): b for b in range(256)} | {piece: 256 + k for k, piece in enumerate(substrings)}
+    probe = tiktoken.Encoding("probe", pat_str=pattern, mergeable_ranks=every_substring, special_tokens={})
+    return [probe.decode_single_token_bytes(i).decode("utf-8") for i in probe.encode(text)]
+
+
+CL100K, O200K = tiktoken_pattern("cl100k_base"), tiktoken_pattern("o200k_base")
+print("cl100k (GPT-4):", CL100K)
+
+# %% [markdown]
+# GPT-4's pattern, `cl100k`, has eight alternatives. At each position the first one that matches wins, and
+# what it matches is the next chunk:
+#
+# 1. `'(?i:[sdmt]|ll|ve|re)`: a contraction, in any case: `I'LL` gives `I`, `'LL` (GPT-2's list is lower case
+#    only, so it gives `I`, `'`, `LL`).
+# 2. `[^\r\n\p{L}\p{N}]?+\p{L}++`: a run of letters with at most one leading character that is not a letter,
+#    digit or newline: ` pay`, `(sir`.
+# 3. `\p{N}{1,3}+`: one to three digits, counted from the left: `1234567` gives `123`, `456`, `7`. A number
+#    never takes the space before it.
+# 4. ` ?[^\s\p{L}\p{N}]++[\r\n]*+`: a run of punctuation, with an optional space before and all the newlines
+#    after: `)!\n\n`.
+# 5. `\s++$`: whitespace that runs to the end of the text, whole.
+# 6. `\s*[\r\n]`: whitespace up to and including its last newline: `"  \n\n"` in `"a  \n\n  b"`.
+# 7. `\s+(?!\S)`: a run of spaces less its last one, which the next word takes: `"a   b"` gives `a`, `"  "`,
+#    `" b"`.
+# 8. `\s`: one whitespace character nothing else took, such as the space before a number.
+#
+# `?+`, `++`, `*+` and `{1,3}+` are *possessive* quantifiers: like `?`, `+`, `*`, `{1,3}` they take as much as
+# they can, but they never give any back when what follows fails. `\p{L}+s` matches `cats` (the letters give
+# back the `s`); `\p{L}++s` does not. In cl100k nothing after them ever needs a character back, so they change
+# no split: they only spare the engine from trying. The cell checks each example above, and that the pattern
+# with ordinary quantifiers cuts all of TinyShakespeare, and a mixed test string, exactly as cl100k does.
+
+# %%
+examples = {  # text -> cl100k's chunks
+    "I'LL pay": ["I", "'LL", " pay"],
+    "(sir)!\n\nNo": ["(sir", ")!\n\n", "No"],
+    "1234567": ["123", "456", "7"],
+    "a  \n\n  b": ["a", "  \n\n", " ", " b"],
+    "a   b": ["a", "  ", " b"],
+    "pay 12": ["pay", " ", "12"],
+    "end  ": ["end", "  "],
+}
+for example, expected in examples.items():
+    chunks = regex.findall(CL100K, example)
+    print(f"{example!r:16} cl100k {chunks!s:32} GPT-2 {regex.findall(patterns.GPT2, example)}")
+    assert chunks == expected == tiktoken_chunks(CL100K, example)
+
+assert regex.fullmatch(r"\p{L}+s", "cats") and not regex.fullmatch(r"\p{L}++s", "cats")
+ordinary = regex.sub(r"([?*+}])\+", r"\1", CL100K)  # x?+ -> x?, x++ -> x+, x*+ -> x*, {1,3}+ -> {1,3}
+print("with ordinary quantifiers:", ordinary)
+mixed = "I'LL pay 1234567 ducats, (sir)!\n\n  Isn't it?  HelloWorld naïve 東京 🙂\tx=1;\n// done\n"
+assert regex.findall(CL100K, mixed) == regex.findall(ordinary, mixed) == tiktoken_chunks(CL100K, mixed)
+cl100k_chunks = regex.findall(CL100K, text)
+assert regex.findall(ordinary, text) == cl100k_chunks
+
+# %% [markdown]
+# Next to GPT-2's pattern, the changes show on one line: contractions in any case, digits in groups of at most
+# three, newlines kept with the punctuation before them, and a word that takes one leading non-letter, so
+# `"(hello"` stays together.
+#
+# The library's `patterns.CL100K` and `patterns.O200K` are tiktoken's strings, character for character.
+# `patterns.LLAMA3` is not cl100k's string but another spelling of it: ordinary quantifiers, the
+# contractions written out, `\s*[\r\n]+` and `\s+` for `\s*[\r\n]` and `\s`, and no `\s++$`. It is the
+# spelling Llama 3 uses: transformers reads tiktoken-format files such as Llama 3's `tokenizer.model` with
+# exactly this pattern. It cuts all of TinyShakespeare and the mixed string as cl100k does, and 2,000 random
+# strings show the one place where the two can differ, the very end of a text: whitespace that ends it,
+# newlines and then spaces, is one chunk for cl100k (`\s++$` comes first) and two for Llama 3's
+# (`\s*[\r\n]+` stops at the last newline).
 
 # %%
 demo = "I'LL pay 1234567 ducats, (sir)!\n\n  Isn't it?"
-for name in ("GPT2", "GPT4", "LLAMA3"):
-    print(f"{name:7} {regex.findall(getattr(patterns, name), demo)}")
+for name, pattern in (("GPT-2", patterns.GPT2), ("cl100k", CL100K), ("Llama 3", patterns.LLAMA3)):
+    print(f"{name:8} {regex.findall(pattern, demo)}")
 
-gpt2_chunks, gpt4_chunks = regex.findall(patterns.GPT2, demo), regex.findall(patterns.GPT4, demo)
+gpt2_chunks, gpt4_chunks = regex.findall(patterns.GPT2, demo), regex.findall(CL100K, demo)
 assert " 1234567" in gpt2_chunks  # GPT-2: one run of digits, however long
 assert ["123", "456", "7"] == [c for c in gpt4_chunks if c.strip().isdigit()]  # GPT-4: groups of three
 assert "'LL" in gpt4_chunks and "'LL" not in gpt2_chunks  # contractions in any case
-assert ")!\n\n" in gpt4_chunks and regex.findall(patterns.GPT4, "(hello") == ["(hello"]
-assert patterns.LLAMA3 == patterns.GPT4
+assert ")!\n\n" in gpt4_chunks and regex.findall(CL100K, "(hello") == ["(hello"]
+
+assert patterns.CL100K == patterns.GPT4 == CL100K and patterns.O200K == O200K  # the library's are tiktoken's
+assert patterns.LLAMA3 == TikTokenConverter().pattern  # transformers' pattern for tiktoken files such as Llama 3's
+assert regex.findall(patterns.LLAMA3, demo) == gpt4_chunks
+assert regex.findall(patterns.LLAMA3, mixed) == regex.findall(CL100K, mixed)
+assert regex.findall(patterns.LLAMA3, text) == cl100k_chunks  # all 1.1 million characters of TinyShakespeare
+ending = "the end\n  "
+print(f"{ending!r}: cl100k {regex.findall(CL100K, ending)}, Llama 3 {regex.findall(patterns.LLAMA3, ending)}")
+assert regex.findall(CL100K, ending) == tiktoken_chunks(CL100K, ending) == ["the", " end", "\n  "]
+assert regex.findall(patterns.LLAMA3, ending) == ["the", " end", "\n", "  "]
+
+rng = random.Random(0)  # random strings made of the pieces the patterns care about
+alphabet = ["a", "B", "'s", "'LL", "7", " ", "\t", "\n", "\r", ".", "(", "é", "東", "🙂"]
+differ = 0
+for _ in range(2000):
+    string = "".join(rng.choices(alphabet, k=rng.randint(1, 20)))
+    llama3_split, cl100k_split = regex.findall(patterns.LLAMA3, string), regex.findall(CL100K, string)
+    if llama3_split != cl100k_split:  # then only the last chunk differs, cut in two
+        differ += 1
+        assert llama3_split[:-2] == cl100k_split[:-1] and cl100k_split[-1].isspace()
+        assert llama3_split[-2] + llama3_split[-1] == cl100k_split[-1]
+print(f"{differ} of 2000 random strings split differently, each only in its final whitespace")
+assert differ > 0
+
+# %% [markdown]
+# ### GPT-4o's pattern (`o200k`)
+#
+# GPT-4o's `o200k_base` changes the words. A word is a run of capitals followed by a run of lower-case letters
+# (or capitals alone), so CamelCase splits at each capital while an acronym stays with the word after it
+# (`XMLHttp`, `Request`); a contraction stays with its word (`Isn't`, ` I'LL`); and combining accents (`\p{M}`)
+# count as letters, so a `naïve` written with a separate accent code point (Unicode's NFD form) stays one
+# chunk. Punctuation still takes the newlines after it, and now the slashes after those too (`;\n//` of code).
+# On TinyShakespeare o200k makes fewer chunks than cl100k, and every chunk it has that cl100k lacks holds an
+# apostrophe: `I'll`, `father's`.
+
+# %%
+o200k_examples = {  # text -> (cl100k's chunks, o200k's chunks)
+    "HelloWorld XMLHttpRequest": (["HelloWorld", " XMLHttpRequest"], ["Hello", "World", " XMLHttp", "Request"]),
+    "Isn't it, I'LL": (["Isn", "'t", " it", ",", " I", "'LL"], ["Isn't", " it", ",", " I'LL"]),
+    unicodedata.normalize("NFD", "naïve"): (["nai", "\u0308ve"], ["nai\u0308ve"]),
+    "x=1;\n// done": (["x", "=", "1", ";\n", "//", " done"], ["x", "=", "1", ";\n//", " done"]),
+}
+for example, (cl100k, o200k) in o200k_examples.items():
+    print(f"{ascii(example):28} cl100k {regex.findall(CL100K, example)}")
+    print(f"{'':28} o200k  {regex.findall(O200K, example)}")
+    assert regex.findall(CL100K, example) == cl100k
+    assert regex.findall(O200K, example) == o200k == tiktoken_chunks(O200K, example)
+
+o200k_chunks = regex.findall(O200K, text)
+only_o200k = set(o200k_chunks) - set(cl100k_chunks)
+commonest_only_o200k = [c for c, _ in Counter(c for c in o200k_chunks if c in only_o200k).most_common(5)]
+print(f"TinyShakespeare: cl100k {len(cl100k_chunks):,} chunks, o200k {len(o200k_chunks):,}; "
+      f"the commonest that only o200k makes: {commonest_only_o200k}")
+assert len(o200k_chunks) < len(cl100k_chunks) and all("'" in c for c in only_o200k)
 
 # %% [markdown]
 # Why split at all? Without chunks, BPE merges whatever is frequent, and in English what is frequent includes
@@ -283,7 +465,8 @@ assert len({tuple(without.encode(s)[1:3]) for s in ("O the king", "O the, king",
 # decide it: on held-out text the unsplit tokenizer packs a little *more* text per token, because it is
 # allowed to memorise common phrases.
 # But a vocabulary slot spent on `"to the "` is not spent on a word, and every word's identity now depends on
-# its neighbours. GPT-2, GPT-4 and Llama 3 all pre-split (section 6 matches their ids with these patterns).
+# its neighbours. GPT-2, GPT-4 and Llama 3 all pre-split (section 6 matches GPT-2's and Llama 3's ids with
+# these patterns).
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -363,7 +546,7 @@ plt.show()
 gpt2 = formats.load_gpt2(DATA / "gpt2" / "encoder.json", DATA / "gpt2" / "vocab.bpe")
 llama3 = formats.load_llama3(DATA / "llama3" / "tokenizer.model")
 tiktoken_gpt2 = tiktoken.Encoding(
-    "gpt2", pat_str=patterns.GPT2, special_tokens={"<|endoftext|>": 50256},
+    "gpt2", pat_str=tiktoken_pattern("gpt2"), special_tokens={"<|endoftext|>": 50256},
     mergeable_ranks=data_gym_to_mergeable_bpe_ranks(str(DATA / "gpt2" / "vocab.bpe"), str(DATA / "gpt2" / "encoder.json")))
 tiktoken_llama3 = tiktoken.Encoding(
     "llama3", pat_str=patterns.LLAMA3, special_tokens=llama3.special_tokens,
@@ -377,8 +560,9 @@ assert ids_llama3 == tiktoken_llama3.encode(paragraph)
 assert gpt2.decode(ids_gpt2) == llama3.decode(ids_llama3) == paragraph
 print(f"GPT-2: {len(ids_gpt2)} tokens, Llama 3: {len(ids_llama3)} tokens, both equal to tiktoken's")
 
+encoder = json.loads((DATA / "gpt2" / "encoder.json").read_text(encoding="utf-8"))  # token string -> id
 merges = (DATA / "gpt2" / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # after a version line
-assert len(json.loads((DATA / "gpt2" / "encoder.json").read_text(encoding="utf-8"))) == 50_257
+assert len(encoder) == 50_257
 assert len([m for m in merges if m]) == 50_000
 assert len((DATA / "llama3" / "tokenizer.model").read_text().splitlines()) == 128_000
 assert len(llama3.special_tokens) == 256 and min(llama3.special_tokens.values()) == 128_000
@@ -386,6 +570,45 @@ assert len(llama3.special_tokens) == 256 and min(llama3.special_tokens.values())
 # Meta's published example, with the begin and end of text tokens
 golden = llama3.encode("<|begin_of_text|>This is a test sentence.<|end_of_text|>", allowed_special="all")
 assert golden == [128000, 2028, 374, 264, 1296, 11914, 13, 128001]
+
+# %% [markdown]
+# ### How GPT-2's files spell bytes
+#
+# A token is bytes, but `vocab.bpe` is a text file (one merge a line, its two tokens separated by a space) and
+# `encoder.json` a JSON object keyed by token strings. A space inside a token would break the line format,
+# and half an emoji is not text at all. So GPT-2 spells every byte as one printable, non-space character: the
+# 188 bytes that already are printable Latin-1 characters (`!` to `~`, `¡` to `¬`, `®` to `ÿ`) stand for
+# themselves, and the other 68 (control characters, the space, DEL, and bytes 0x80 to 0xA0 and 0xAD) take the
+# characters from U+0100 on, in byte order. The space is the 33rd of those, U+0120 `Ġ`: that is why the token
+# `" the"` is spelled `"Ġthe"`, and a newline `"Ċ"`. The library's `formats.bytes_to_unicode`, transformers'
+# `bytes_to_unicode` and the `ByteLevel` pre-tokenizer of Hugging Face `tokenizers` (what transformers'
+# GPT-2 tokenizer runs) must all give the map built here by hand.
+
+# %%
+printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+others = [b for b in range(256) if b not in printable]
+byte_to_char = {b: chr(b) for b in printable} | {b: chr(256 + n) for n, b in enumerate(others)}
+assert len(printable) == 188 and others == [*range(0x00, 0x21), 0x7F, *range(0x80, 0xA1), 0xAD]  # 68 bytes
+assert byte_to_char == formats.bytes_to_unicode() == bytes_to_unicode()  # the library's and transformers'
+assert set(byte_to_char.values()) == set(ByteLevel.alphabet())  # tokenizers' 256 characters
+assert all(c.isprintable() and not c.isspace() for c in byte_to_char.values())
+
+
+def spell(token: bytes) -> str:
+    """A token as GPT-2's files write it."""
+    return "".join(byte_to_char[b] for b in token)
+
+
+for token in (b" the", b"\n\n", "🙂".encode("utf-8")[:2]):
+    print(f"{token!r:16} is spelled {spell(token)!r:8} id {encoder[spell(token)]:>6}")
+assert spell(b" ") == "\u0120" == "Ġ" and spell(b" the") == "Ġthe" and spell(b"\n") == "Ċ"
+assert gpt2.token_bytes(encoder["Ġthe"]) == b" the"
+
+byte_level = ByteLevel(add_prefix_space=False)  # GPT-2's pattern, then every chunk spelled byte by byte
+greeting = "Hello café,\n 🙂!"
+spelled_chunks = [piece for piece, _ in byte_level.pre_tokenize_str(greeting)]
+print(spelled_chunks)
+assert spelled_chunks == [spell(chunk.encode("utf-8")) for chunk in regex.findall(patterns.GPT2, greeting)]
 
 # %% [markdown]
 # What the tokens look like, separated by `|` (`�` marks a token that is only part of a character: byte-level
@@ -429,3 +652,6 @@ assert any(not is_utf8(llama3.token_bytes(i)) for i in ids_llama3)
 # %% [markdown]
 # **Next:** lesson 3 turns to the attention of Llama: rotary position embeddings, their two memory layouts,
 # grouped-query attention and the KV cache.
+
+# %%
+print(f"This lesson ran in {time.perf_counter() - LESSON_START:.1f} s")

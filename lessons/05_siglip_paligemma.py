@@ -31,6 +31,7 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook bar, imported by transformers
 
 import tempfile
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -46,6 +47,8 @@ from scratchllm.data.images import ImageProcessor
 from scratchllm.layers import PreNormBlock, padded_causal_mask
 from scratchllm.models.siglip import Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, sigmoid_loss
 from scratchllm.train.run import train
+
+LESSON_START = time.perf_counter()
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)  # these models are small; one thread cannot be stalled by other programs on the CPU
@@ -425,3 +428,6 @@ assert by_kind["what color"] <= blind_by_kind["what color"] and by_kind["left of
 # %% [markdown]
 # That completes the course: characters and bytes to tokens, tokens to a GPT and a Llama, images to tokens
 # and answers, each part built by hand once and then used from the library.
+
+# %%
+print(f"This lesson ran in {time.perf_counter() - LESSON_START:.1f} s")

@@ -207,3 +207,25 @@ def test_bad_files_are_one_line_errors(tmp_path, gpt2):
         formats.load_hf(tmp_path / "tokenizer.json")
     with pytest.raises(ScratchLLMError, match="neither a known name"):
         resolve_pattern("(unclosed")
+
+
+def test_named_patterns_are_tiktokens_own():
+    """cl100k (GPT-4) and o200k (GPT-4o) are tiktoken's pattern strings, read from tiktoken's own encoding
+    constructors with their rank downloads stubbed out (nothing is fetched); Llama 3's spelling is the one
+    transformers uses for tiktoken-format files."""
+    from unittest import mock
+
+    pytest.importorskip("tiktoken")
+    from tiktoken_ext import openai_public
+
+    from scratchllm.tokenizers import patterns
+
+    def no_ranks(*args, **kwargs):
+        return {}
+
+    with mock.patch.object(openai_public, "load_tiktoken_bpe", no_ranks), \
+            mock.patch.object(openai_public, "data_gym_to_mergeable_bpe_ranks", no_ranks):
+        assert patterns.CL100K == patterns.GPT4 == openai_public.ENCODING_CONSTRUCTORS["cl100k_base"]()["pat_str"]
+        assert patterns.O200K == openai_public.ENCODING_CONSTRUCTORS["o200k_base"]()["pat_str"]
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    assert patterns.LLAMA3 == TikTokenConverter().pattern

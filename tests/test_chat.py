@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import scratchllm
-from scratchllm.chat import ChatSession, Sampling
+from scratchllm.chat import ChatSession
 from scratchllm.cli import main
 from scratchllm.errors import ScratchLLMError
+from scratchllm.generate import Sampling
 
 
 def one_line_error(capsys, argv, match):
@@ -56,28 +57,26 @@ def test_interactive_chat_streams_resets_and_exits(capsys, monkeypatch, llama_ru
 
 
 def test_ctrl_c_stops_the_reply_not_the_session(capsys, monkeypatch, llama_run):
-    import scratchllm.chat as chat
+    from scratchllm.generate import Engine
 
-    real = chat.generate
-    calls = []
+    real, steps = Engine.step, []
 
-    def interrupted_once(*args, **kwargs):
-        calls.append(1)
-        for i, token in enumerate(real(*args, **kwargs)):
-            if len(calls) == 1 and i == 2:
-                raise KeyboardInterrupt  # the user presses Ctrl-C during the first reply
-            yield token
+    def interrupted_once(self):
+        steps.append(1)
+        if len(steps) == 2:
+            raise KeyboardInterrupt  # the user presses Ctrl-C during the first reply
+        return real(self)
 
-    monkeypatch.setattr(chat, "generate", interrupted_once)
+    monkeypatch.setattr(Engine, "step", interrupted_once)
     feed(monkeypatch, ["Hi", "Oh"])
     assert main(["chat", "--model", str(llama_run), "--max-new-tokens", "4", "--temperature", "0"]) == 0
     err = capsys.readouterr().err
-    assert "interrupted" in err and err.count("tokens/s") == 2 and len(calls) == 2
+    assert "interrupted" in err and err.count("tokens/s") == 2 and len(steps) > 2
 
 
 def test_history_is_kept_and_the_oldest_turns_leave_first(llama_run):
     lm = scratchllm.load_pretrained(llama_run)  # block_size 32: a few turns fill it
-    session = ChatSession(lm, sampling=Sampling(max_new_tokens=4, temperature=0))
+    session = ChatSession(lm, sampling=Sampling(max_tokens=4, temperature=0))
     "".join(session.reply("Hi"))
     assert [m["role"] for m in session.history] == ["user", "assistant"] and session.last.dropped_turns == 0
     for _ in range(4):
@@ -96,7 +95,8 @@ def test_chat_bad_input(capsys, llama_run, tmp_path):
     one_line_error(capsys, ["chat", "--model", str(tmp_path / "bad.gguf"), "--prompt", "hi"], "truncated or corrupt")
     (tmp_path / "text.gguf").write_text("not a model")
     one_line_error(capsys, ["chat", "--model", str(tmp_path / "text.gguf"), "--prompt", "hi"], "is not a GGUF file")
-    one_line_error(capsys, ["chat", "--model", str(llama_run), "--prompt", "hi", "--temperature", "1e-45"], "--temperature")
+    one_line_error(capsys, ["chat", "--model", str(llama_run), "--prompt", "hi", "--temperature", "-1"],
+                   "--temperature must be a number >= 0 (0: greedy), got -1.0")
     one_line_error(capsys, ["chat", "--model", "smollm2-135m-instruct-typo", "--prompt", "hi"], "does not exist")
 
 
@@ -130,4 +130,4 @@ def test_convert_to_gguf_round_trips(capsys, llama_run, tmp_path):
 def test_convert_to_gguf_refuses_what_it_cannot_hold(capsys, trained, tmp_path):
     run = trained("gpt-char-baby")
     capsys.readouterr()
-    one_line_error(capsys, ["convert", str(run), "--to-gguf", str(tmp_path / "g.gguf")], "character-level")
+    one_line_error(capsys, ["convert", str(run), "--to-gguf", str(tmp_path / "g.gguf")], "GGUF holds byte-level BPE")

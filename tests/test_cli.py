@@ -71,7 +71,7 @@ def test_sample_bad_inputs(capsys, checkpoint, tmp_path):
     one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--prompt", "Zürich €"], "3 character(s) outside the tokenizer's vocabulary: 'Z', 'ü', '€'")
     one_line_error(capsys, ["sample", "--checkpoint", str(tmp_path / "missing")], "does not exist")
     one_line_error(capsys, ["sample", "--checkpoint", str(tmp_path)], "is not a checkpoint")
-    one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--top-p", "1.5"], "--top-p must be in (0, 1]")
+    one_line_error(capsys, ["sample", "--checkpoint", str(checkpoint), "--top-p", "1.5"], "--top-p must be a number in (0, 1]")
     broken = tmp_path / "broken"
     shutil.copytree(checkpoint / "latest", broken)
     weights = broken / "model.safetensors"

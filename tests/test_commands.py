@@ -168,9 +168,9 @@ def test_every_module_compiles_without_warnings():
 
 # Each package's level; a module may import only from its own level or below. scratchllm/*.py modules
 # not listed sit at the top with the CLI.
-LEVELS = {"errors": 0, "fileio": 0, "device": 0, "config": 0, "tokenizers": 1, "data": 2, "layers": 3, "models": 4,
-          "checkpoint": 5, "interop": 5, "presets": 6, "train": 6, "generate": 6, "evaluate": 6, "chat_template": 1,
-          "pretrained": 2, "chat": 7, "serve": 7, "cli": 8, "__main__": 8, "__init__": 8}
+LEVELS = {"errors": 0, "fileio": 0, "device": 0, "config": 0, "fetch": 0, "tokenizers": 1, "data": 2, "layers": 3,
+          "models": 4, "checkpoint": 5, "interop": 5, "train": 6, "generate": 6, "evaluate": 6, "chat_template": 1,
+          "pretrained": 6, "chat": 7, "serve": 7, "cli": 8, "__main__": 8, "__init__": 8}
 
 
 def _imports(path: Path, modules) -> set[str]:
@@ -214,17 +214,47 @@ def test_imports_run_one_way_and_have_no_cycle():
             visit(m, [])
 
 
-def test_no_model_type_sniffing_outside_the_specs():
-    """Commands ask a model's spec what it can do; nothing outside models/ tests a model's class or
-    attributes, its type name, or the dtype of its labels (how the trainer once told SigLIP apart)."""
+# What only a spec (models/) or the tokenizer protocol (tokenizers/) may test: a model's class, attributes,
+# type name or architecture name, the dtype of its labels (how the trainer once told SigLIP apart), and a
+# tokenizer's kind (ask the protocol what it can do: byte_level, fingerprint(), encode(allowed_special=...)).
+_MODEL_NAMES = r"(bigram|gpt|llama|gemma|siglip|paligemma|qwen3)"  # (GGUF calls a byte-level BPE "gpt2")
+_SNIFFING = [r"isinstance\((self\.)?model\w*, *\(?(GPT|Llama|Gemma|Siglip|PaliGemma|Bigram|nn\.Module)",
+             r"hasattr\((self\.)?model", r"type\((self\.)?model\w*\)", r"getattr\((self\.)?model\w*,",
+             r"model_type *(==|!=|in) ", r"dtype\.is_floating_point", r"VISION_LANGUAGE",
+             rf"(==|!=) *[\"']{_MODEL_NAMES}[\"']", rf"[\"']{_MODEL_NAMES}[\"'] *(==|!=)",  # arch != "llama"
+             r"\.kind *(==|!=|in\b|not in\b)", r"\bkind *(==|!=) *[\"'](char|bpe|siglip|paligemma)[\"']"]
+
+
+def _sniffing(path: Path) -> list[str]:
     import re
 
-    patterns = [r"isinstance\((self\.)?model\w*, *\(?(GPT|Llama|Gemma|Siglip|PaliGemma|Bigram|nn\.Module)",
-                r"hasattr\((self\.)?model", r"type\((self\.)?model\w*\)", r"getattr\((self\.)?model\w*,",
-                r"model_type *(==|!=|in) ", r"dtype\.is_floating_point", r"VISION_LANGUAGE"]
-    offenders = [f"{p.relative_to(SRC)}: {m.group(0)}" for p in SRC.rglob("*.py") if p.parent.name != "models"
-                 for pattern in patterns for m in re.finditer(pattern, p.read_text())]
+    text = path.read_text()
+    return [f"{path.relative_to(SRC)}: {m.group(0)}" for pattern in _SNIFFING for m in re.finditer(pattern, text)]
+
+
+def test_no_model_type_or_tokenizer_kind_sniffing_outside_the_specs():
+    """Commands ask a model's spec what it can do, and a tokenizer its protocol; nothing outside models/
+    and tokenizers/ tests a model's class, attributes, type or architecture name, or a tokenizer's kind."""
+    offenders = [o for p in SRC.rglob("*.py") if p.parent.name not in ("models", "tokenizers") for o in _sniffing(p)]
     assert not offenders, offenders
+
+
+def test_the_sniffing_check_catches_what_the_code_once_did(tmp_path):
+    """The patterns above find the tests this code once made outside the specs (so the check can fail)."""
+    once = {"checkpoint.py": 'if version < FORMAT_VERSION and meta["model_type"] != "bigram":',
+            "gguf.py": 'if arch != "llama":\nif hf_config.get("model_type") != "llama":',
+            "vision_language.py": 'if self.kind == "siglip":', "cli.py": 'if tok.kind == "bpe":',
+            "hf.py": 'if tokenizer is not None and tokenizer.kind == "bpe":',
+            "tokens.py": 'kind = tokenizer.kind if tokenizer is not None else cfg.kind\nif kind == "char":'}
+    global SRC
+    for name, text in once.items():
+        (tmp_path / name).write_text(text + "\n")
+    old, SRC = SRC, tmp_path
+    try:
+        caught = {o.split(":")[0] for p in tmp_path.glob("*.py") for o in _sniffing(p)}
+    finally:
+        SRC = old
+    assert caught == set(once), set(once) - caught
 
 
 def test_help_and_tokenizer_commands_do_not_import_torch(tmp_path):
@@ -234,7 +264,7 @@ def test_help_and_tokenizer_commands_do_not_import_torch(tmp_path):
     import sys
 
     from scratchllm.cli import DEFAULT_PRESET
-    from scratchllm.presets import DEFAULT_PRESET as PRESETS_DEFAULT
+    from scratchllm.train.presets import DEFAULT_PRESET as PRESETS_DEFAULT
 
     assert DEFAULT_PRESET == PRESETS_DEFAULT
     probe = ("import sys, contextlib, io\nfrom scratchllm.cli import main\n"

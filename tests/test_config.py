@@ -3,7 +3,7 @@ import pytest
 from scratchllm.config import apply_overrides
 from scratchllm.errors import ScratchLLMError
 from scratchllm.models import GPTConfig
-from scratchllm.presets import PRESETS, get_preset
+from scratchllm.train.presets import PRESETS, get_preset
 from scratchllm.train.config import TrainConfig
 
 
@@ -91,3 +91,22 @@ def test_config_json_values_are_type_checked():
                           ({"n_embd": 1 << 30}, "n_embd must be from"), ({"n_heads": 4}, "unknown keys")):
         with pytest.raises(ScratchLLMError, match=message):
             from_dict(GPTConfig, data)
+
+
+def test_precision_auto_follows_the_environment(monkeypatch):
+    """SCRATCHLLM_PRECISION says what "auto" means for training (so a lesson runs on either CPU path
+    unchanged); an explicit precision still wins, and a bad value is a one-line error."""
+    import torch
+
+    from scratchllm.device import cpu_has_fast_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("SCRATCHLLM_PRECISION", raising=False)
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv("SCRATCHLLM_PRECISION", forced)
+        assert resolve_precision("auto", cpu) == forced
+    assert resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setenv("SCRATCHLLM_PRECISION", "fp16")
+    with pytest.raises(ScratchLLMError, match="SCRATCHLLM_PRECISION='fp16' is not fp32 or bf16"):
+        resolve_precision("auto", cpu)

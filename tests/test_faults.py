@@ -27,7 +27,7 @@ import torch
 
 from conftest import ROOT, tree_state
 from scratchllm import checkpoint as ckpt
-from scratchllm.checkpoint import load_pretrained
+from scratchllm.pretrained import load_pretrained
 from scratchllm.cli import main
 
 WRAPPER = r'''
@@ -270,3 +270,72 @@ def test_a_full_disk_while_preparing_leaves_no_temporary_and_the_old_output(tmp_
     after = tree_state(tmp_path)
     assert after.keys() == before.keys()  # nothing new (no temporary), nothing gone
     assert after[str(out / "notes.txt")] == before[str(out / "notes.txt")]
+
+
+# -- safetensors' own full-disk error (issue 21) ------------------------------------------------------------
+
+# What safetensors 0.8 raises when the disk fills while it writes a file (seen on a 64 KiB tmpfs): its own
+# exception class, not an OSError, which the CLI once let through as a traceback.
+SAFETENSORS_ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def _safetensors_full(monkeypatch, after: int = 0) -> None:
+    from safetensors import SafetensorError
+
+    real, calls = ckpt.save_file, []
+
+    def failing(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) <= after:
+            return real(tensors, path, *args, **kwargs)
+        raise SafetensorError(SAFETENSORS_ENOSPC)
+
+    monkeypatch.setattr(ckpt, "save_file", failing)
+
+
+@pytest.mark.parametrize("after", [0, 1, 3])
+def test_safetensors_full_disk_is_one_line_and_so_is_resuming_on_it(trained, tmp_path, capsys, monkeypatch, after):
+    run = copy_run(trained, tmp_path)
+    before = tree_state(run / "latest", run / "best")
+    _safetensors_full(monkeypatch, after)
+    for _ in range(2):  # the run, then --resume on the disk that is still full
+        code = main(RESUME + ["--resume", str(run), "--max-steps", "10"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+        assert err.startswith("error: ") and "No space left on device" in err and "free some space" in err, err
+        after_state = tree_state(run / "latest", run / "best")
+        if after == 0:
+            assert after_state == before
+        assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+    monkeypatch.undo()
+    assert_recovers(run, capsys)
+
+
+def test_a_really_full_disk_during_train_is_one_line(trained, tmp_path, capsys):
+    """The same on a real full filesystem: a tmpfs just big enough for the run and a little more (root only)."""
+    run_src = trained("gpt-char-baby")
+    size = sum(f.stat().st_size for f in run_src.rglob("*") if f.is_file())
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    weights = (run_src / "latest" / ckpt.WEIGHTS).stat().st_size
+    room = 3 * size + 256 * 1024  # the run, and room for its next checkpoints once the filler below is gone
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        run = Path(shutil.copytree(run_src, mount / "run", symlinks=True))
+        with open(mount / "filler", "wb") as f:  # fill what is left but about half a checkpoint's weights
+            free = shutil.disk_usage(mount).free
+            f.write(b"\0" * max(0, free - weights // 2))
+        before = tree_state(run / "latest", run / "best")
+        for _ in range(2):
+            code = main(RESUME + ["--resume", str(run), "--max-steps", "10"])
+            err = capsys.readouterr().err
+            assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+            assert "No space left on device" in err, err
+            assert tree_state(run / "latest", run / "best") == before
+            assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+        (mount / "filler").unlink()
+        assert_recovers(run, capsys)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)  # lazily: a file still open keeps it busy

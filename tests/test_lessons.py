@@ -14,7 +14,7 @@ pytest.importorskip("ipykernel")
 
 LESSONS = ROOT / "lessons"
 sys.path.insert(0, str(LESSONS))
-from build_lessons import execute, lesson_sources  # noqa: E402
+from build_lessons import execute, lesson_sources, own_running_time  # noqa: E402
 
 SOURCES = lesson_sources()
 REBUILD = ".venv/bin/python lessons/build_lessons.py"
@@ -46,6 +46,15 @@ def test_notebook_was_executed_top_to_bottom(source):
         f"{source.with_suffix('.ipynb').name} was not run once, in order; rebuild it with {REBUILD} {source.name[:2]}"
     errors = [out for cell in code for out in cell.outputs if out.output_type == "error"]
     assert not errors, f"the committed notebook holds an error: {errors[0].ename}: {errors[0].evalue}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.stem)
+def test_notebook_records_its_running_time(source):
+    """Each lesson ends by printing how long it ran, so a reader (and build_lessons.py's table) sees it.
+    The figure itself is not checked: it depends on the machine that built the notebook."""
+    notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    assert own_running_time(notebook) is not None, \
+        f"{source.name} must end with a cell that prints 'This lesson ran in N s'; rebuild it with {REBUILD} {source.name[:2]}"
 
 
 @pytest.fixture(scope="session")

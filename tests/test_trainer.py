@@ -19,7 +19,7 @@ from scratchllm.data.tokens import encode_corpus
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import write_folder_atomically
 from scratchllm.models import build_model
-from scratchllm.presets import get_preset
+from scratchllm.train.presets import get_preset
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.optim import build_optimizer, lr_at
 from scratchllm.train.run import train

@@ -15,7 +15,7 @@ from scratchllm.models.siglip import SiglipVisionConfig
 
 
 def preset_tokenizer():
-    from scratchllm.presets import get_preset
+    from scratchllm.train.presets import get_preset
 
     return shapes_tokenizer(get_preset("paligemma-shapes").tokenizer)
 

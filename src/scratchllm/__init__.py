@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 
 
 def load_pretrained(source, device: str = "cpu", precision: str = "fp32"):
-    """A model ready for inference, with its tokenizer and spec beside it (`checkpoint.Pretrained`),
-    from a scratchllm checkpoint or run folder or a Hugging Face folder. See `checkpoint.load_pretrained`.
+    """A model ready for inference with its tokenizer, spec and text front (`pretrained.Pretrained`:
+    encode, encode_chat, stream, complete), from a scratchllm checkpoint or run folder, a Hugging Face
+    folder, a GGUF file or a pretrained model's name. See `pretrained.load_pretrained`.
     To train, see `scratchllm.train.run.train`."""
-    from scratchllm.checkpoint import load_pretrained as load
+    from scratchllm.pretrained import load_pretrained as load
 
     return load(source, device=device, precision=precision)
 

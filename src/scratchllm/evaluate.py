@@ -8,12 +8,16 @@ loss over the held-out shapes-world scenes and its task metric (R@1, exact match
 
 from __future__ import annotations
 
-from scratchllm.checkpoint import load_checkpoint
+from scratchllm.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
 from scratchllm.device import inference_dtype, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, batch_size: int = 32, max_batches: int | None = None,
                         device: str = "auto", precision: str = "fp32", progress: bool = False) -> dict:
+    if "finetune" in read_meta(resolve_checkpoint(checkpoint)):  # held-out conversations, not a corpus
+        from scratchllm.train.finetune import evaluate_finetune
+
+        return evaluate_finetune(checkpoint, data, batch_size, max_batches, device, precision)
     dev = resolve_device(device)
     model, tokenizer, meta, spec = load_checkpoint(checkpoint, dev, inference_dtype(precision, dev))
     spec.require("eval", str(checkpoint))

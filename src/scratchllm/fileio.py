@@ -20,6 +20,24 @@ from typing import Callable, Iterator
 JSON_ERRORS = (OSError, ValueError, RecursionError)
 
 
+def save_safetensors(save_file: Callable, tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """`save_file(tensors, path, metadata=...)` (safetensors'), its write errors raised as the OSError they
+    are: safetensors reports a full disk as "SafetensorError: Error while serializing: I/O error: No space
+    left on device (os error 28)", which the CLI would show as a traceback; as OSError(ENOSPC) it is the
+    one line every other full-disk error is (and the writer's temporary folder is removed as for those)."""
+    import re
+
+    from safetensors import SafetensorError
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -109,13 +127,23 @@ def check_output(out: str | Path, inputs: tuple[str | Path, ...] = (), force: bo
             raise ScratchLLMError(f"{out} is a file, not a folder; choose a folder to write into")
         if out.is_dir() and any(out.iterdir()) and not force:
             raise ScratchLLMError(f"{out} is not empty; choose a new folder" + (", or pass --force to replace only the files "
-                                  "this command writes (others are kept)" if force_flag else ""))
+                                  "this command writes (others are kept)" if force_flag else
+                                  f" (e.g. --out {unused_name(out)}): a run never writes among files it did not make"))
     else:
         if out.is_dir():
             raise ScratchLLMError(f"{out} is a folder; give a file name to write")
         if out.exists() and not force:
             raise ScratchLLMError(f"{out} exists; choose another name, or pass --force to replace it")
     return out
+
+
+def unused_name(path: str | Path) -> Path:
+    """`path` with the first of -2, -3, ... appended that names nothing yet: a folder to suggest instead."""
+    path = Path(path)
+    n = 2
+    while path.with_name(f"{path.name}-{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}-{n}")
 
 
 def write_output_folder(out: str | Path, write: Callable[[Path], None]) -> Path:

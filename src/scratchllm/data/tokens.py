@@ -4,9 +4,10 @@ A prepared folder holds `train.bin` and `val.bin` (raw uint16 ids, or uint32 for
 65,536 tokens or more), the tokenizer, and `tokens.json` describing them. Training memory-maps
 the two files; batches read only the windows they sample.
 
-BPE presets prepare automatically: the tokenizer is trained on the training split only (the
-validation text stays unseen) and both the tokenizer and the token files are cached under
-$SCRATCHLLM_CACHE/tokens, keyed by the corpus and the tokenizer settings.
+Presets prepare automatically: the tokenizer is made from the corpus (a BPE trained on the training
+split only, so the validation text stays unseen; a character vocabulary from all of it), and both the
+tokenizer and the token files are cached under $SCRATCHLLM_CACHE, keyed by the corpus and the
+tokenizer settings.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from scratchllm.data.batches import split_train_val
 from scratchllm.data.corpora import CORPUS_NAMES, cache_dir, load_text
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import JSON_ERRORS, write_folder_atomically
-from scratchllm.tokenizers import CharTokenizer, TokenizerConfig, load_tokenizer
+from scratchllm.tokenizers import TokenizerConfig, load_tokenizer
 
 TOKENS_META = "tokens.json"
 
@@ -48,17 +49,6 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    h = hashlib.sha256()
-    if tokenizer.kind == "char":
-        h.update(json.dumps(tokenizer.chars).encode())
-    else:
-        h.update(json.dumps([tokenizer.pattern, tokenizer.special_tokens], sort_keys=True).encode())
-        for token, rank in sorted(tokenizer.ranks.items(), key=lambda kv: kv[1]):
-            h.update(token + rank.to_bytes(4, "little"))
-    return h.hexdigest()[:16]
-
-
 def encode_text(tokenizer, text: str, progress: bool = True, piece_chars: int = 1 << 20) -> list[int]:
     r"""Encode with a progress bar, in pieces of about a megabyte.
 
@@ -66,8 +56,8 @@ def encode_text(tokenizer, text: str, progress: bool = True, piece_chars: int = 
     gpt4 and llama3 split patterns cut there whether or not text follows, so the ids equal those of
     one big encode (tested). Not after a run of whitespace: gpt2's `\s+(?!\S)` groups a trailing
     run differently at the end of a piece than before a letter."""
-    if tokenizer.kind == "char" or len(text) <= piece_chars:
-        return tokenizer.encode(text) if tokenizer.kind == "char" else tokenizer.encode(text, disallowed_special=())
+    if len(text) <= piece_chars:
+        return tokenizer.encode(text, disallowed_special=())
     ids: list[int] = []
     with tqdm(total=len(text), unit="char", unit_scale=True, desc="encode", disable=not progress, mininterval=0.5) as bar:
         start = 0
@@ -137,38 +127,28 @@ def load_prepared(folder: str | Path):
 def corpus_tokens(source: str, tokenizer=None, tokenizer_config: TokenizerConfig | None = None, progress: bool = True):
     """(tokenizer, train ids, val ids) for a corpus name, a path, or a prepared folder.
 
-    With no tokenizer given, one is made from `tokenizer_config` (char: from all the text, as
-    nanoGPT does; bpe: trained on the training split)."""
+    With no tokenizer given, one is made from `tokenizer_config` (`TokenizerConfig.new`: characters of
+    all the text, as nanoGPT does, or a BPE trained on the training split), and cached."""
     if is_prepared(source):
         prepared_tok, train, val, _ = load_prepared(source)
-        if tokenizer is not None and tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(prepared_tok):
+        if tokenizer is not None and tokenizer.fingerprint() != prepared_tok.fingerprint():
             raise ScratchLLMError(f"{source} was prepared with another tokenizer than this model's; prepare it again with this one")
         return prepared_tok, train, val
-    cfg = tokenizer_config or TokenizerConfig()
-    kind = tokenizer.kind if tokenizer is not None else cfg.kind
-    if kind == "char":
-        text = load_text(source)
-        tokenizer = tokenizer or CharTokenizer.train(text)
-        ids = np.asarray(tokenizer.encode(text), dtype=np.uint8 if tokenizer.vocab_size <= 256 else np.uint16)
-        train, val = split_train_val(ids)
-        return tokenizer, train, val
     if tokenizer is None:
-        tokenizer = _cached_bpe(source, cfg, progress)
-    folder = cache_dir() / "tokens" / f"{Path(str(source)).name}-{_key(_source_identity(source), tokenizer_fingerprint(tokenizer))}"
+        tokenizer = _cached_tokenizer(source, tokenizer_config or TokenizerConfig(), progress)
+    folder = cache_dir() / "tokens" / f"{Path(str(source)).name}-{_key(_source_identity(source), tokenizer.fingerprint())}"
     if not is_prepared(folder):
         prepare(source, tokenizer, folder, progress)
     _, train, val, _ = load_prepared(folder)
     return tokenizer, train, val
 
 
-def _cached_bpe(source: str, cfg: TokenizerConfig, progress: bool):
-    from scratchllm.tokenizers.bpe_train import train_bpe
-
+def _cached_tokenizer(source: str, cfg: TokenizerConfig, progress: bool):
     folder = cache_dir() / "tokenizers" / f"{Path(str(source)).name}-{_key(_source_identity(source), asdict(cfg))}"
-    if (folder / "tokenizer_meta.json").is_file():
+    if folder.is_dir():
         return load_tokenizer(folder)
-    train_text, _ = split_train_val(load_text(source))
-    tokenizer = train_bpe(train_text, cfg.vocab_size, cfg.pattern, cfg.special_tokens, progress=progress)
+    text = load_text(source)
+    tokenizer = cfg.new(text, split_train_val(text)[0], progress)
     write_folder_atomically(folder, tokenizer.save)
     return tokenizer
 

@@ -56,8 +56,11 @@ class ShapesBatches:
     """Infinite training examples drawn by seed (state: one torch generator), fixed held-out examples."""
 
     def __init__(self, tokenizer, image_size: int, n_patches: int, length: int, seed: int, task: str = "vqa",
-                 n_held_out: int = 256, kind: str = "paligemma"):
-        self.tokenizer, self.n_patches, self.length, self.task, self.kind = tokenizer, n_patches, length, task, kind
+                 n_held_out: int = 256, contrastive: bool = False):
+        # contrastive: batches of images and their fixed-length captions, and which captions match (SigLIP's
+        # sigmoid loss); else each image's slots, prompt and answer as one sequence for a decoder (PaliGemma)
+        self.tokenizer, self.n_patches, self.length, self.task = tokenizer, n_patches, length, task
+        self.contrastive = contrastive
         self.processor = ImageProcessor(image_size)
         self.block_size = length
         self.seed = seed
@@ -67,7 +70,7 @@ class ShapesBatches:
 
     def _batch(self, examples: list[shapes.Example]) -> dict:
         pixels = torch.stack([self.processor(e.image) for e in examples])
-        if self.kind == "siglip":
+        if self.contrastive:
             ids = torch.tensor([self.caption_ids(shapes.caption(e.scene)) for e in examples])
             return {"pixels": pixels, "ids": ids, "labels": _same_caption(examples)}
         ids, prefix, valid, labels = paligemma_inputs(self.tokenizer, self.n_patches, [e.prompt for e in examples],
@@ -77,7 +80,7 @@ class ShapesBatches:
     def count(self, batch: dict[str, torch.Tensor], bytes_per_token: torch.Tensor) -> tuple[int, float]:
         """(what the batch's mean loss is over, UTF-8 bytes of text predicted): SigLIP's loss is a mean
         over images and predicts no text; PaliGemma's over the answer tokens."""
-        if self.kind == "siglip":
+        if self.contrastive:
             return batch["pixels"].size(0), 0.0
         y = batch["labels"][batch["labels"] != -100]
         return y.numel(), bytes_per_token[y].sum().item()

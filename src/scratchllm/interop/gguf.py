@@ -32,8 +32,9 @@ import torch
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path
-from scratchllm.interop.hf import from_hf, to_hf
+from scratchllm.interop.hf import config_from_hf, from_hf, to_hf
 from scratchllm.layers.rope import halves_to_interleaved, interleaved_to_halves
+from scratchllm.models.spec import export_weights, spec_for_gguf
 from scratchllm.tokenizers.bpe import BPETokenizer, bpe_merge
 from scratchllm.tokenizers.formats import bytes_to_unicode, recover_merges
 from scratchllm.tokenizers.patterns import GPT2, LLAMA3
@@ -115,12 +116,10 @@ def read_gguf(path: str | Path) -> GGUFModel:
     reader = _open(path)
     meta = {k: _value(f, path) for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.") or k in _SMALL_TOKENIZER_KEYS}
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ScratchLLMError(f"{path} holds a {arch!r} model; only the 'llama' architecture is supported "
-                              "(Llama, SmolLM, Mistral-style dense decoders)")
+    spec = spec_for_gguf(arch, str(path))  # its tensor table and RoPE settings
     infos = {t.name: t for t in reader.tensors}
     try:
-        hf_config = _hf_config(meta, infos, path)
+        hf_config = _hf_config(meta, infos, path, spec)
         special_ids = {k: int(meta[f"tokenizer.ggml.{k}_token_id"]) for k in _SPECIAL_ID_KEYS
                        if f"tokenizer.ggml.{k}_token_id" in meta}
     except (TypeError, ValueError) as e:
@@ -135,6 +134,8 @@ def read_gguf(path: str | Path) -> GGUFModel:
                 special_ids["eot"] = tokenizer.special_tokens[text]
                 break
     hf_config["bos_token_id"], hf_config["eos_token_id"] = special_ids.get("bos"), special_ids.get("eos")
+    config = _check_tensors(spec, hf_config, infos, path)  # names and shapes, before anything is dequantized
+    hf_config = {**spec.hf.config_to_hf(config), **hf_config}  # the spec's Hugging Face form, as the file has it
 
     n_head, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
     tensors: dict[str, torch.Tensor] = {}
@@ -151,7 +152,7 @@ def read_gguf(path: str | Path) -> GGUFModel:
             w = interleaved_to_halves(w, n_head)
         elif name.endswith(".attn_k.weight"):
             w = interleaved_to_halves(w, n_kv)
-        tensors[_HF_NAME(name)] = w
+        tensors[spec.gguf.to_hf(name)] = w
     del reader  # the tensors are copies: let the memory map go
     return GGUFModel(hf_config=hf_config, tensors=tensors, tokenizer=tokenizer,
                      chat_template=meta.get("tokenizer.chat_template"), file_type=_file_type_name(meta.get("general.file_type")),
@@ -222,40 +223,17 @@ def _file_type_name(ft: int | None) -> str:
     return {"ALL_F32": "f32"}.get(name, name.removeprefix("MOSTLY_").lower())
 
 
-_LAYER_NAMES = {  # GGUF -> Hugging Face, inside blk.N / model.layers.N
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+def _hf_config(meta: dict, infos: dict, path: Path, spec) -> dict[str, Any]:
+    """A Hugging Face-form config dict from the {architecture}.* keys (the model type's spec reads it, as it
+    reads a config.json)."""
+    arch = spec.gguf.architecture
 
-
-def _HF_NAME(gguf_name: str) -> str:  # noqa: N802 (a table lookup, named as one)
-    stem = gguf_name.removesuffix(".weight")
-    if stem.startswith("blk."):
-        _, i, leaf = stem.split(".", 2)
-        return f"model.layers.{i}.{_LAYER_NAMES[leaf]}.weight"
-    return _TOP_NAMES[stem] + ".weight"
-
-
-def _GGUF_NAME(hf_name: str) -> str | None:  # noqa: N802
-    stem = hf_name.removesuffix(".weight")
-    if stem.startswith("model.layers."):
-        _, _, i, leaf = stem.split(".", 3)
-        inverse = {v: k for k, v in _LAYER_NAMES.items()}
-        return f"blk.{i}.{inverse[leaf]}.weight" if leaf in inverse else None
-    inverse = {v: k for k, v in _TOP_NAMES.items()}
-    return inverse[stem] + ".weight" if stem in inverse else None
-
-
-def _hf_config(meta: dict, infos: dict, path: Path) -> dict[str, Any]:
-    """LlamaConfig-form dict from llama.* keys, checked against every tensor's shape."""
     def key(name: str, default: Any = None, required: bool = True) -> Any:
-        v = meta.get(f"llama.{name}", default)
+        v = meta.get(f"{arch}.{name}", default)
         if v is None and required:
-            raise ScratchLLMError(f"{path} lacks the metadata key llama.{name}; the file is incomplete, re-convert it")
+            raise ScratchLLMError(f"{path} lacks the metadata key {arch}.{name}; the file is incomplete, re-convert it")
         if isinstance(v, list):
-            raise ScratchLLMError(f"{path}: llama.{name} varies by layer, which a Llama with one shape per layer cannot hold")
+            raise ScratchLLMError(f"{path}: {arch}.{name} varies by layer, which a model with one shape per layer cannot hold")
         return v
 
     if key("expert_count", 0, required=False):
@@ -272,7 +250,7 @@ def _hf_config(meta: dict, infos: dict, path: Path) -> dict[str, Any]:
         raise ScratchLLMError(f"{path} has no token_embd.weight tensor; it is not a complete Llama model")
     vocab = int(key("vocab_size", _torch_shape(embd)[0]))
     cfg: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden,
+        "model_type": spec.hf.model_types[0], "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": int(key("feed_forward_length")), "num_hidden_layers": n_layer,
         "num_attention_heads": n_head, "num_key_value_heads": n_kv, "head_dim": head_dim,
         "rms_norm_eps": _f32(key("attention.layer_norm_rms_epsilon", 1e-5)),
@@ -287,26 +265,28 @@ def _hf_config(meta: dict, infos: dict, path: Path) -> dict[str, Any]:
     if "rope_freqs.weight" in infos:
         cfg["rope_scaling"] = _llama3_scaling(infos["rope_freqs.weight"], head_dim, cfg["rope_theta"], path)
 
-    ffn = cfg["intermediate_size"]
-    expected = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
-    if not cfg["tie_word_embeddings"]:
-        expected["output.weight"] = (vocab, hidden)
-    for i in range(n_layer):
-        b = f"blk.{i}."
-        expected.update({b + "attn_norm.weight": (hidden,), b + "ffn_norm.weight": (hidden,),
-                         b + "attn_q.weight": (n_head * head_dim, hidden), b + "attn_k.weight": (n_kv * head_dim, hidden),
-                         b + "attn_v.weight": (n_kv * head_dim, hidden), b + "attn_output.weight": (hidden, n_head * head_dim),
-                         b + "ffn_gate.weight": (ffn, hidden), b + "ffn_up.weight": (ffn, hidden), b + "ffn_down.weight": (hidden, ffn)})
+    return cfg
+
+
+def _check_tensors(spec, hf_config: dict[str, Any], infos: dict, path: Path):
+    """Our config, once every tensor the model needs is in the file, of its shape, and nothing else is: the
+    model is built on the meta device (shapes only) from the config, its Hugging Face tensors named the GGUF way."""
+    _, config = config_from_hf(hf_config, str(path))
+    with torch.device("meta"):
+        model = spec.build(config)
+    expected = {spec.gguf.to_gguf(name): tuple(t.shape)
+                for name, t in export_weights(spec.hf.weights, model.state_dict(), config).items()}
     for name, shape in expected.items():
         if name not in infos:
-            raise ScratchLLMError(f"{path} lacks tensor {name}; the file is incomplete or not a Llama model")
+            raise ScratchLLMError(f"{path} lacks tensor {name}; the file is incomplete or not a {spec.model_type} model")
         if _torch_shape(infos[name]) != shape:
-            raise ScratchLLMError(f"{path}: tensor {name} has shape {_torch_shape(infos[name])}, the config says {shape}; the file is corrupt")
+            raise ScratchLLMError(f"{path}: tensor {name} has shape {_torch_shape(infos[name])}, the config says {shape}; "
+                                  "the file is corrupt")
     extra = sorted(set(infos) - set(expected) - {"rope_freqs.weight"})
     if extra:
-        raise ScratchLLMError(f"{path} holds tensors a Llama without biases does not have ({', '.join(extra[:3])}); "
-                              "this variant is not supported")
-    return cfg
+        raise ScratchLLMError(f"{path} holds tensors a {spec.model_type} model without biases does not have "
+                              f"({', '.join(extra[:3])}); this variant is not supported")
+    return config
 
 
 def _f32(v) -> float:
@@ -406,7 +386,9 @@ def write_gguf(path: str | Path, hf_config: dict[str, Any], tensors: dict[str, t
                chat_template: str | None = None, file_type: str = "f16", bos_id: int | None = None,
                eos_id: int | None = None, eot_id: int | None = None, pad_id: int | None = None,
                name: str | None = None, add_bos: bool = False) -> Path:
-    """A Llama GGUF file from Hugging Face-form tensors (fp32) and config, written atomically.
+    """A GGUF file from Hugging Face-form tensors (fp32) and config, written atomically. The config is read
+    by its model type's spec (as a config.json is), whose GGUF form names the architecture, the tensors and
+    the RoPE settings.
 
     `file_type`: "f32", "f16" or "bf16" (2-D weights in that type, norms in f32), or "q8_0" (2-D weights in
     8-bit blocks of 32; one whose width is not a multiple of 32 falls back to f16, as llama.cpp does)."""
@@ -415,20 +397,16 @@ def write_gguf(path: str | Path, hf_config: dict[str, Any], tensors: dict[str, t
     path = Path(path)
     if file_type not in FILE_TYPES:
         raise ScratchLLMError(f"GGUF file type {file_type!r} is not supported; use one of {', '.join(FILE_TYPES)}")
-    if hf_config.get("model_type") != "llama":
-        raise ScratchLLMError(f"only Llama models can be written as GGUF, not {hf_config.get('model_type')!r}")
-    if hf_config.get("attention_bias") or hf_config.get("mlp_bias"):
-        raise ScratchLLMError("Llama models with attention or MLP biases cannot be written as GGUF here")
+    spec, config = config_from_hf(hf_config, "the model's config")  # biases, RoPE variants: refused there
+    if spec.gguf is None:
+        raise ScratchLLMError(f"a {spec.model_type} model has no GGUF form here; export it with --to-hf instead")
+    arch = spec.gguf.architecture
+    theta, scaling = spec.gguf.rope(config)
     c = hf_config
     n_head, hidden = c["num_attention_heads"], c["hidden_size"]
     n_kv = c.get("num_key_value_heads") or n_head
     head_dim = c.get("head_dim") or hidden // n_head
     tied = c.get("tie_word_embeddings", False)
-    rope = dict(c.get("rope_scaling") or c.get("rope_parameters") or {})
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "llama3"):
-        raise ScratchLLMError(f"RoPE type {rope_type!r} cannot be written as GGUF here (default and llama3 can)")
-    theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
 
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
              "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[file_type]
@@ -440,25 +418,26 @@ def write_gguf(path: str | Path, hf_config: dict[str, Any], tensors: dict[str, t
     for hf_name, t in tensors.items():
         if tied and hf_name == "lm_head.weight":
             continue
-        gname = _GGUF_NAME(hf_name)
+        gname = spec.gguf.to_gguf(hf_name)
         if gname is None:
-            raise ScratchLLMError(f"tensor {hf_name} has no place in a GGUF Llama; is this a LlamaForCausalLM state dict?")
+            raise ScratchLLMError(f"tensor {hf_name} has no place in a GGUF {arch} model; is this a state dict of "
+                                  f"{', '.join(c.get('architectures') or [spec.model_type])}?")
         w = t.detach().to("cpu", torch.float32)
         if gname.endswith(".attn_q.weight"):
             w = halves_to_interleaved(w, n_head)
         elif gname.endswith(".attn_k.weight"):
             w = halves_to_interleaved(w, n_kv)
         arrays.append((gname, *_encode_tensor(w.numpy(), qtype)))
-    if rope_type == "llama3":
-        factors = _llama3_factors(head_dim, theta, rope["factor"], rope.get("low_freq_factor", 1.0),
-                                  rope.get("high_freq_factor", 4.0), rope.get("original_max_position_embeddings", 8192))
+    if scaling is not None:  # Llama 3.1's: what it divides each frequency by, as llama.cpp keeps it
+        factors = _llama3_factors(head_dim, theta, scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor,
+                                  scaling.original_max_position_embeddings)
         arrays.append(("rope_freqs.weight", factors.numpy().astype(np.float32), None))
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, arch)
         w.add_type("model")
-        w.add_name(name or "scratchllm llama")
+        w.add_name(name or f"scratchllm {arch}")
         w.add_vocab_size(c["vocab_size"])
         w.add_context_length(c.get("max_position_embeddings", 2048))
         w.add_embedding_length(hidden)
@@ -548,5 +527,7 @@ def load_gguf(path: str | Path, device: str = "cpu"):
 def save_gguf(model, path: str | Path, tokenizer: BPETokenizer | None = None, file_type: str = "f16",
               chat_template: str | None = None, **special_ids: int | None) -> Path:
     """One of our Llamas as a GGUF file (see `write_gguf` for file_type and the special ids)."""
+    if tokenizer is not None and not tokenizer.byte_level:
+        raise ScratchLLMError(f"GGUF holds byte-level BPE vocabularies; this model's tokenizer is not one ({tokenizer.kind})")
     hf_config, tensors = to_hf(model)
     return write_gguf(path, hf_config, tensors, tokenizer, chat_template=chat_template, file_type=file_type, **special_ids)

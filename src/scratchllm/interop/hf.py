@@ -20,7 +20,7 @@ from torch import nn
 
 from scratchllm.config import from_dict, to_dict
 from scratchllm.errors import ScratchLLMError
-from scratchllm.fileio import JSON_ERRORS, write_output_folder
+from scratchllm.fileio import JSON_ERRORS, save_safetensors, write_output_folder
 from scratchllm.models import ModelSpec, spec_for_hf, spec_of
 from scratchllm.models.spec import export_weights, import_weights
 
@@ -190,8 +190,8 @@ def save_hf(model: nn.Module, folder: str | Path, tokenizer=None) -> Path:
 
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer is not None and tokenizer.kind == "bpe":
+        save_safetensors(save_file, tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None and tokenizer.byte_level:  # a character vocabulary has no tokenizer.json form
             save_hf_tokenizer(tokenizer, tmp / "tokenizer.json")
 
     return write_output_folder(folder, write)  # only its own files: `convert` checked the folder first

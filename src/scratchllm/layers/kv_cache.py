@@ -11,9 +11,9 @@ class KVCache:
     All rows share one write position; rows of different prompt lengths are left-padded and the
     padding is masked out (see `padded_causal_mask` in attention.py).
 
-    The server's engine (generate.Engine) keeps one request per row instead, each at its own length:
-    `rows(i, j)` is a view of some rows that shares this cache's memory (a request is prefilled alone
-    into its row through it), and `write_rows_at(positions, span)` makes the next forward pass write
+    The engine (generate.Engine) keeps one request per row instead, each at its own length:
+    `rows(i, j, length)` is a view of some rows that shares this cache's memory (a request is prefilled
+    into its row through it, after what the row holds already), and `write_rows_at(positions, span)` makes the next forward pass write
     each row's one new position where that row has got to."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
@@ -28,10 +28,12 @@ class KVCache:
         self.max_len = k.size(3)
         self.row_positions: torch.Tensor | None = None  # (B,): where each row writes, for one forward pass
 
-    def rows(self, start: int, stop: int) -> KVCache:
-        """An empty cache over rows start .. stop - 1 that writes into this one's memory (no copy)."""
+    def rows(self, start: int, stop: int, length: int = 0) -> KVCache:
+        """A cache over rows start .. stop - 1 that writes into this one's memory (no copy), holding
+        `length` positions already (a prompt prefilled after the prefix its row kept from before)."""
         view = KVCache.__new__(KVCache)
         view._set_memory(self.k[:, start:stop], self.v[:, start:stop])
+        view.length = length
         return view
 
     def write_rows_at(self, positions: torch.Tensor, span: int) -> None:

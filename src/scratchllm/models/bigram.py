@@ -45,5 +45,5 @@ class Bigram(nn.Module):
 SPEC = register(ModelSpec(
     "bigram", Bigram, BigramConfig, task=LANGUAGE,
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
-    generation="recompute", commands=frozenset({"train", "sample", "eval", "chat", "serve"}),
+    generation="recompute", commands=frozenset({"train", "sample", "eval", "chat", "serve"}), linear_weights=False,
 ))

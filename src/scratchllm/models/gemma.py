@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models.llama import LLAMA_WEIGHTS, Llama, LlamaConfig
+from scratchllm.models.llama import LLAMA_WEIGHTS, Llama, LlamaConfig, lora_targets
 from scratchllm.models.spec import HFFormat, ModelSpec, register
 from scratchllm.models.tasks import LANGUAGE
 
@@ -55,7 +55,7 @@ def config_from_hf(hf: dict) -> GemmaConfig:
 SPEC = register(ModelSpec(
     "gemma", Gemma, GemmaConfig, task=LANGUAGE,
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
-    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve"}),
+    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "finetune"}),
     hf=HFFormat(("gemma",), config_from_hf, LLAMA_WEIGHTS),
-    shard_units=lambda model: model.blocks,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets,
 ))

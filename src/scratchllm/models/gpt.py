@@ -135,10 +135,18 @@ GPT2_WEIGHTS = (WeightMap("", ("transformer.", ""), (
     *linear("blocks.{i}.mlp.proj", "h.{i}.mlp.c_proj", bias=True, transpose=False),
 )),)
 
+def lora_targets(c: GPTConfig) -> dict[str, tuple[str, int, int]]:
+    """LoRA's targets under Llama's names: q, k, v thirds of the fused qkv (GPT-2's c_attn), o the attention's
+    output, up and down the MLP's two layers."""
+    d = c.n_embd
+    return {"q": ("blocks.{i}.attn.qkv", 0, d), "k": ("blocks.{i}.attn.qkv", d, 2 * d), "v": ("blocks.{i}.attn.qkv", 2 * d, 3 * d),
+            "o": ("blocks.{i}.attn.proj", 0, d), "up": ("blocks.{i}.mlp.fc", 0, 4 * d), "down": ("blocks.{i}.mlp.proj", 0, d)}
+
+
 SPEC = register(ModelSpec(
     "gpt", GPT, GPTConfig, task=LANGUAGE,
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
-    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert"}),
+    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("gpt2",), _config_from_hf, GPT2_WEIGHTS, _config_to_hf),
-    shard_units=lambda model: model.blocks,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets,
 ))

@@ -23,7 +23,7 @@ from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, TiedHead, R
                                llama_hidden_dim, rope_cos_sin)
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_sizes
-from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
+from scratchllm.models.spec import GGUFFormat, HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
 from scratchllm.models.tasks import LANGUAGE
 
 
@@ -229,10 +229,33 @@ LLAMA_WEIGHTS = (
     WeightMap("", ("",), tuple(linear("lm_head", "lm_head", bias=False, when=lambda c: not c.tie_embeddings))),
 )
 
+# llama.cpp's names for LlamaForCausalLM's tensors (GGUF's "llama" architecture); interop/gguf.py reads and
+# writes by this table, through the Hugging Face names above. Llama 3.1's RoPE scaling, not a key in GGUF,
+# is a rope_freqs tensor made from the config's scaling (interop/gguf.py).
+LLAMA_GGUF = GGUFFormat("llama", (
+    ("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output", "lm_head"),
+    ("blk.{i}.attn_norm", "model.layers.{i}.input_layernorm"), ("blk.{i}.ffn_norm", "model.layers.{i}.post_attention_layernorm"),
+    ("blk.{i}.attn_q", "model.layers.{i}.self_attn.q_proj"), ("blk.{i}.attn_k", "model.layers.{i}.self_attn.k_proj"),
+    ("blk.{i}.attn_v", "model.layers.{i}.self_attn.v_proj"), ("blk.{i}.attn_output", "model.layers.{i}.self_attn.o_proj"),
+    ("blk.{i}.ffn_gate", "model.layers.{i}.mlp.gate_proj"), ("blk.{i}.ffn_up", "model.layers.{i}.mlp.up_proj"),
+    ("blk.{i}.ffn_down", "model.layers.{i}.mlp.down_proj"),
+), rope=lambda c: (c.rope_theta, c.rope_scaling))
+
+
+def lora_targets(c: LlamaConfig) -> dict[str, tuple[str, int, int]]:
+    """LoRA's targets, named as peft names Hugging Face's modules (q_proj -> q): q, k, v side by side in the
+    fused qkv, gate and up in gate_up (see LLAMA_LAYERS' splits)."""
+    q, kv, h = c.n_head * c.head_size, c.n_kv_head * c.head_size, c.hidden_dim
+    return {"q": ("blocks.{i}.attn.qkv", 0, q), "k": ("blocks.{i}.attn.qkv", q, q + kv),
+            "v": ("blocks.{i}.attn.qkv", q + kv, q + 2 * kv), "o": ("blocks.{i}.attn.proj", 0, c.n_embd),
+            "gate": ("blocks.{i}.mlp.gate_up", 0, h), "up": ("blocks.{i}.mlp.gate_up", h, 2 * h),
+            "down": ("blocks.{i}.mlp.down", 0, c.n_embd)}
+
+
 SPEC = register(ModelSpec(
     "llama", Llama, LlamaConfig, task=LANGUAGE,
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
-    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert"}),
+    generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("llama", "qwen3"), _config_from_hf, LLAMA_WEIGHTS, _config_to_hf),
-    shard_units=lambda model: model.blocks,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets, gguf=LLAMA_GGUF,
 ))

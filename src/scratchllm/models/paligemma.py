@@ -20,8 +20,9 @@ from torch import nn
 
 from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers import KVCache, Linear, padded_causal_mask
+from scratchllm.layers import KVCache, Linear, packed_for_inference, padded_causal_mask
 from scratchllm.models import gemma
+from scratchllm.models.decode import GREEDY, Engine, Request, Sampling
 from scratchllm.models.gemma import Gemma, GemmaConfig
 from scratchllm.models.llama import LLAMA_LAYERS
 from scratchllm.models.siglip import VISION, SiglipVision, SiglipVisionConfig, vision_config_from_hf
@@ -72,41 +73,38 @@ class PaliGemma(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def answer(self, tokenizer, pixels: torch.Tensor, prompts: list[str], max_new_tokens: int = 8) -> list[str]:
-        """Greedy answers. The image and prompt are encoded once (prefill into the KV cache, prefix-LM
-        mask); then one token per step, each seeing every real key, until <eos>."""
+    def answer(self, tokenizer, pixels: torch.Tensor, prompts: list[str], max_new_tokens: int = 8, *,
+               sampling: Sampling | None = None) -> list[str]:
+        """Answers to `prompts` about the images `pixels` (B, C, H, W): greedy, or by `sampling` (a
+        models.decode.Sampling, whose max_tokens then replaces max_new_tokens), until <eos>.
+
+        The decoding loop is the engine's (models/decode.py), over the Gemma decoder: each row's image
+        slots and prompt are prefilled with their embeddings (image features in the <image> slots) under
+        the prefix-LM mask, positions counted from 1, as in training; then one token per step."""
         sp = tokenizer.special_tokens
+        sampling = (sampling or GREEDY.replace(max_tokens=max_new_tokens)).replace(stop=(sp["<eos>"],))
         n_patches = self.config.vision.num_patches
         rows = [[sp["<image>"]] * n_patches + [sp["<bos>"]] + tokenizer.encode(p + "\n") for p in prompts]
-        B, L = len(rows), max(len(r) for r in rows)
-        if L + max_new_tokens > self.config.text.block_size:
-            raise ScratchLLMError(f"the image and prompt take {L} tokens; with {max_new_tokens} new ones that passes the "
-                                  f"model's context of {self.config.text.block_size}: ask for fewer tokens or a shorter prompt")
-        ids = torch.full((B, L), sp["<pad>"], dtype=torch.long, device=pixels.device)
-        valid = torch.zeros(B, L, dtype=torch.bool, device=pixels.device)
-        for i, r in enumerate(rows):  # left padding: every row's prompt ends at the same position
-            ids[i, L - len(r):] = torch.tensor(r, device=pixels.device)
-            valid[i, L - len(r):] = True
-        cache = self.language.new_cache(B, L + max_new_tokens, self.language.embed.weight.dtype, pixels.device)
-        positions = valid.long().cumsum(-1)
-        logits = self.language(None, positions=positions, cache=cache, mask=padded_causal_mask(valid, L, prefix=valid),
-                               embeds=self.embed(ids, pixels))[:, -1]
-        out: list[list[int]] = [[] for _ in range(B)]
-        done = [False] * B
-        for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1)  # (B,)
-            for i, t in enumerate(nxt.tolist()):
-                if not done[i]:
-                    done[i] = t == sp["<eos>"]
-                    if not done[i]:
-                        out[i].append(t)
-            if all(done):
-                break
-            positions = positions[:, -1:] + 1
-            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=valid.device)], dim=1)
-            logits = self.language(None, positions=positions, cache=cache, mask=valid[:, None, None, :],
-                                   embeds=self.language.embed_tokens(nxt[:, None]))[:, -1]
-        return [tokenizer.decode(o) for o in out]
+        L = max(len(r) for r in rows)
+        if L + sampling.max_tokens > self.config.text.block_size:
+            raise ScratchLLMError(f"the image and prompt take {L} tokens; with {sampling.max_tokens} new ones that passes "
+                                  f"the model's context of {self.config.text.block_size}: ask for fewer tokens or a "
+                                  "shorter prompt")
+        ids = torch.full((len(rows), L), sp["<pad>"], dtype=torch.long, device=pixels.device)
+        for i, r in enumerate(rows):  # right padding: each row's prompt starts at position 1
+            ids[i, :len(r)] = torch.tensor(r, device=pixels.device)
+        embeds = self.embed(ids, pixels)  # (B, L, d): the vision tower runs once for the batch
+        requests = [Request(r, sampling, embeds=embeds[i, :len(r)], prefix_lm=True) for i, r in enumerate(rows)]
+        out: dict[int, list[int]] = {id(r): [] for r in requests}
+        with packed_for_inference(self.language):  # the copies go when the answers are in (training may go on)
+            engine = Engine(self.language, len(rows), L + sampling.max_tokens, on_full="stop", first_position=1)
+            steps = engine.add_all(requests)
+            while steps:
+                for t in steps:
+                    if t.token is not None:
+                        out[id(t.request)].append(t.token)
+                steps = engine.step()
+        return [tokenizer.decode(out[id(r)]) for r in requests]
 
 
 # -- spec: PaliGemma trains on shapes-world questions, reports held-out exact match, answers with `ask`
@@ -149,6 +147,6 @@ PALIGEMMA_WEIGHTS = (
 
 SPEC = register(ModelSpec(
     "paligemma", PaliGemma, PaliGemmaConfig, task=ShapesWorld(_shapes_batches, "exact_match", _exact_match),
-    finish_config=_finish, commands=frozenset({"train", "eval", "ask"}),
+    finish_config=_finish, commands=frozenset({"train", "eval", "ask"}), vocab_size=lambda config: config.text.vocab_size,
     hf=HFFormat(("paligemma",), _config_from_hf, PALIGEMMA_WEIGHTS),
 ))

@@ -220,7 +220,7 @@ def _shapes_batches(config: SiglipConfig, tokenizer, seed: int):
     from scratchllm.data.vision_language import ShapesBatches
 
     return ShapesBatches(tokenizer, config.vision.image_size, config.vision.num_patches, config.text.block_size, seed,
-                         task="caption", kind="siglip")
+                         task="caption", contrastive=True)
 
 
 def _retrieval(model, batches) -> float:
@@ -233,7 +233,7 @@ SPEC = register(ModelSpec(
     "siglip", Siglip, SiglipConfig, task=ShapesWorld(_shapes_batches, "r@1", _retrieval),
     finish_config=lambda config, tokenizer: dataclasses.replace(
         config, text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size)),
-    commands=frozenset({"train", "eval"}),
+    commands=frozenset({"train", "eval"}), vocab_size=lambda config: config.text.vocab_size,
     hf=HFFormat(("siglip",), lambda hf: SiglipConfig(vision_config_from_hf(hf["vision_config"]), _text_config_from_hf(hf["text_config"])),
                 (WeightMap("vision.", ("vision_model.",), VISION, lambda c: c.vision),
                  WeightMap("text.", ("text_model.",), TEXT, lambda c: c.text),
@@ -242,6 +242,6 @@ SPEC = register(ModelSpec(
 
 # The vision tower alone, as SiglipVisionModel folders hold it: it encodes images, nothing more.
 VISION_SPEC = register(ModelSpec(
-    "siglip_vision", SiglipVision, SiglipVisionConfig, task=None,
+    "siglip_vision", SiglipVision, SiglipVisionConfig, task=None, vocab_size=None,
     hf=HFFormat(("siglip_vision_model",), vision_config_from_hf, (WeightMap("", ("vision_model.", ""), VISION),)),
 ))

@@ -17,6 +17,7 @@ nn.Linear's (out, in) into our Linear's (in, out); export does the reverse, spli
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 
-COMMANDS = ("train", "sample", "eval", "ask", "chat", "serve", "convert")
+COMMANDS = ("train", "sample", "eval", "ask", "chat", "serve", "convert", "finetune")
 
 
 # -- weight maps -----------------------------------------------------------------------------------
@@ -120,6 +121,35 @@ class HFFormat:
     config_to_hf: Callable[[Any], dict] | None = None  # None: import only
 
 
+@dataclass(frozen=True)
+class GGUFFormat:
+    """How a model type reads and writes llama.cpp's GGUF files (interop/gguf.py), beside its Hugging Face
+    form: the architecture name, the GGUF name of each Hugging Face tensor, one table read both ways
+    ("blk.{i}.attn_q" <-> "model.layers.{i}.self_attn.q_proj", weights without ".weight", "{i}": every
+    layer), and its RoPE settings (base, scaling or None) from a config."""
+
+    architecture: str  # general.architecture
+    tensors: tuple[tuple[str, str], ...]
+    rope: Callable[[Any], tuple[float, Any]]
+
+    def to_hf(self, gguf_name: str) -> str | None:
+        """The Hugging Face name of a GGUF tensor ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight")."""
+        return _rename(gguf_name, self.tensors)
+
+    def to_gguf(self, hf_name: str) -> str | None:
+        return _rename(hf_name, tuple((theirs, ours) for ours, theirs in self.tensors))
+
+
+def _rename(name: str, table: tuple[tuple[str, str], ...]) -> str | None:
+    stem, dot, leaf = name.rpartition(".")
+    for source, target in table:
+        pattern = "^" + re.escape(source).replace(re.escape("{i}"), r"(\d+)") + "$"
+        m = re.match(pattern, stem)
+        if m:
+            return target.replace("{i}", m.group(1)) + dot + leaf if m.groups() else target + dot + leaf
+    return None
+
+
 # -- specs -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -133,6 +163,12 @@ class ModelSpec:
     commands: frozenset[str] = field(default_factory=frozenset)
     hf: HFFormat | None = None
     shard_units: Callable[[nn.Module], Any] | None = None  # the blocks FSDP shards one by one (None: no FSDP)
+    vocab_size: Callable[[Any], int] | None = lambda config: config.vocab_size  # ids with an embedding (None: reads no text)
+    linear_weights: bool = True  # holds Linear layers (whose layout changed in checkpoint format 2)
+    gguf: GGUFFormat | None = None  # its GGUF form (interop/gguf.py reads and writes by it); None: none
+    # LoRA's targets: name -> (Linear's path, "{i}" for each block; its first and last + 1 output column), from
+    # the config (a fused qkv holds q, k and v side by side). None: no LoRA. See layers/linear.py, train/finetune.py
+    lora_targets: Callable[[Any], dict[str, tuple[str, int, int]]] | None = None
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)
@@ -148,8 +184,8 @@ class ModelSpec:
     def from_weights(self, config, tensors: dict[str, torch.Tensor], where: str) -> nn.Module:
         """A model with these weights, checked before anything is allocated: the model is built on
         the meta device (shapes only), its size is checked against free memory, every tensor's name,
-        shape and dtype against the model's, and only then are the weights put in place (no random
-        initialisation is computed and thrown away)."""
+        shape and dtype against the model's, and that every value is finite, and only then are the
+        weights put in place (no random initialisation is computed and thrown away)."""
         model = self.build_meta(config, where)
         expected = model.state_dict()
         missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -160,6 +196,9 @@ class ModelSpec:
                 raise ScratchLLMError(f"{where}: tensor {name} has shape {tuple(t.shape)}, the config needs {tuple(expected[name].shape)}")
             if not t.is_floating_point():
                 raise ScratchLLMError(f"{where}: tensor {name} is {t.dtype}, not floating point")
+            if not t.is_meta and not bool(torch.isfinite(t).all()):  # it would sample from NaN probabilities
+                raise ScratchLLMError(f"{where}: tensor {name} holds NaN or infinite values (a run that diverged?); "
+                                      "use another checkpoint, e.g. an earlier best/")
         model.load_state_dict(tensors, strict=True, assign=True)
         return model.eval()
 
@@ -168,10 +207,32 @@ class ModelSpec:
         if command in self.commands:
             return
         # the commands that use this model as `command` would have: generating ones first, eval when nothing else
-        others = [c for c in COMMANDS if c in self.commands and c not in ("train", "convert", "eval")] or \
+        others = [c for c in COMMANDS if c in self.commands and c not in ("train", "convert", "eval", "finetune")] or \
             [c for c in ("eval",) if c in self.commands]
         hint = f"; use {' or '.join(f'scratchllm {c}' for c in others)}" if others else ""
         raise ScratchLLMError(f"{source} holds a {self.model_type} model, which `scratchllm {command}` does not apply to{hint}")
+
+
+    def add_lora(self, model: nn.Module, cfg: Any) -> list[str]:
+        """Give `model` the LoRA updates `cfg` (a layers.LoRAConfig) names, in every block, and freeze
+        everything else: only the updates train. Returns the names of the trainable parameters."""
+        from scratchllm.layers.linear import add_lora
+
+        targets = self.lora_targets(model.config) if self.lora_targets is not None else {}
+        if not targets:
+            raise ScratchLLMError(f"a {self.model_type} model has no projections LoRA can adapt; fine-tune it in full")
+        unknown = [t for t in cfg.targets if t not in targets]
+        if unknown:
+            raise ScratchLLMError(f"LoRA target {unknown[0]!r} names no projection of a {self.model_type} model; "
+                                  f"choose from {','.join(targets)}")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        modules = dict(model.named_modules())
+        for name in cfg.targets:
+            path, start, stop = targets[name]
+            for i in range(model.config.n_layer):
+                add_lora(modules[path.format(i=i)], name, start, stop, cfg.r, cfg.alpha, cfg.dropout)
+        return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def check_memory(n_bytes: int, where: str) -> None:
@@ -205,6 +266,17 @@ def get_spec(model_type: str) -> ModelSpec:
 def spec_of(model: nn.Module) -> ModelSpec:
     """The spec a model was built from: the one place that looks at a model's class."""
     return _BY_CLASS[type(model)]
+
+
+def spec_for_gguf(architecture: str | None, where: str) -> ModelSpec:
+    """The spec that reads GGUF files of this architecture (general.architecture)."""
+    for spec in _SPECS.values():
+        if spec.gguf is not None and spec.gguf.architecture == architecture:
+            return spec
+    known = sorted(s.gguf.architecture for s in _SPECS.values() if s.gguf)
+    raise ScratchLLMError(f"{where} holds a {architecture!r} model; only the {' and '.join(repr(k) for k in known)} "
+                          f"architecture{'s are' if len(known) > 1 else ' is'} supported (Llama, SmolLM, Mistral-style "
+                          "dense decoders)")
 
 
 def spec_for_hf(hf_model_type: str | None) -> ModelSpec:

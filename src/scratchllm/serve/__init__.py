@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from scratchllm.checkpoint import Pretrained
+from scratchllm.pretrained import Pretrained
 from scratchllm.errors import ScratchLLMError
 from scratchllm.serve.app import create_app
 
@@ -39,7 +39,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run(lm: Pretrained, name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
         max_batch: int = 8, max_len: int | None = None, queue_size: int = 64, threads: int | None = None,
-        on_ready: Callable[[str], None] | None = None) -> None:
+        on_ready: Callable[[str], None] | None = None, on_full: str = "stop") -> None:
     """Serve `lm` as `name` until interrupted; `on_ready(url)` is called once the socket listens.
 
     A model on the CPU computes with `threads` torch threads, by default all cores but one: the event
@@ -51,7 +51,7 @@ def run(lm: Pretrained, name: str, host: str = "127.0.0.1", port: int = 8000, ap
     if lm.device.type == "cpu":
         torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
 
-    app = create_app(lm, name, max_batch, max_len, queue_size, api_key)
+    app = create_app(lm, name, max_batch, max_len, queue_size, api_key, on_full)
     sock = listen(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

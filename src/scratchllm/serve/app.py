@@ -6,9 +6,12 @@
     GET  /health                 no key needed: status, rows busy, requests waiting, counters
     GET  /                       the playground page (static; it sends the key on its API calls)
 
-A reply is the engine's tokens turned into text as they come (TextStream), cut before the first
-stop string (which is not returned, as OpenAI does) and held back while it may still be the start of
-one. With "stream": true it goes out as server-sent events, `data: {chunk}` per token and
+A request's sampling options become one `generate.Sampling` (its range errors are 400s naming the
+field). A reply is the engine's tokens turned into text as they come (`pretrained.ReplyText`), cut
+before the first stop string (which is not returned, as OpenAI does) and held back while it may
+still be the start of one. A request that extends an earlier one (a conversation's next turn) reuses
+the keys and values its row kept of their shared prefix; `usage.prompt_tokens_details.cached_tokens`
+says how many. With "stream": true it goes out as server-sent events, `data: {chunk}` per token and
 `data: [DONE]` at the end; a client that goes away cancels its request. Errors are OpenAI's JSON
 shape, {"error": {"message", "type", "param", "code"}}: 400 for anything wrong in a request
 (validation included, as OpenAI answers it), 401 for a missing or wrong key, 404 for an unknown
@@ -32,75 +35,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from scratchllm.chat_template import render_chat
-from scratchllm.checkpoint import Pretrained
 from scratchllm.errors import ScratchLLMError
-from scratchllm.generate import Engine, Request, TextStream, Token
+from scratchllm.generate import Engine, Request, Sampling, SamplingError, Token
+from scratchllm.pretrained import Pretrained, ReplyText, token_bytes
 from scratchllm.serve.schemas import APIError, ChatRequest, CompletionRequest, _Sampling
 from scratchllm.serve.worker import QueueFull, Worker
 
 MAX_BODY = 1 << 20  # bytes of a request body
-UNBOUNDED_REPLY = 4096  # the default reply limit of a model with no context limit (the bigram)
-
-
-# -- text: tokens in, text out, stop strings cut ---------------------------------------------------
-
-class ReplyText:
-    """The reply's text as tokens arrive: UTF-8 completed, cut before the first stop string, and held
-    back while its end could still be the start of one."""
-
-    def __init__(self, tokenizer, stops: list[str]):
-        self.stream, self.stops = TextStream(tokenizer), stops
-        self.text, self.sent, self.stopped = "", 0, False
-
-    def push(self, token: int) -> str:
-        self.text += self.stream.push(token)
-        return self._release()
-
-    def finish(self) -> str:
-        if self.stopped:
-            return ""
-        self.text += self.stream.flush()
-        return self._release(final=True)
-
-    def _release(self, final: bool = False) -> str:
-        hits = [i for i in (self.text.find(s, self.sent) for s in self.stops) if i >= 0]
-        if hits:
-            end, self.stopped = min(hits), True
-        elif final:
-            end = len(self.text)
-        else:  # hold back the longest tail that begins some stop string
-            held = max((k for s in self.stops for k in range(min(len(s) - 1, len(self.text) - self.sent), 0, -1)
-                        if self.text.endswith(s[:k])), default=0)
-            end = len(self.text) - held
-        out, self.sent = self.text[self.sent:end], end
-        return out
-
-
-def _token_bytes(tokenizer, token: int) -> bytes:
-    try:
-        return tokenizer.token_bytes(token)
-    except (IndexError, KeyError, ValueError):  # a padded vocabulary row the tokenizer has no text for
-        return b""
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    if tokenizer.special_tokens:  # special tokens spelled in the text are meant (chat templates write them)
-        return tokenizer.encode(text, allowed_special="all")
-    return tokenizer.encode(text)
 
 
 # -- the server's state -----------------------------------------------------------------------------
 
 @dataclass
 class Job:
-    """One request on its way: its prompt, what the engine runs, what the reply is cut at."""
+    """One request on its way: its prompt and what the engine runs (its Sampling holds the stop strings)."""
 
-    kind: str  # "completion" or "chat"
+    endpoint: str  # "completion" or "chat"
     body: _Sampling
     prompt: list[int]
     request: Request
-    stops: list[str]
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -122,42 +75,50 @@ class Server:
             raise APIError(404, f"the model {model!r} does not exist; this server serves {self.name!r} (GET /v1/models)",
                            "model", "model_not_found")
 
-    def job(self, kind: str, body: _Sampling, prompt: list[int], max_tokens: int | None, logprobs: int | None) -> Job:
+    def job(self, endpoint: str, body: _Sampling, prompt: list[int], max_tokens: int | None, logprobs: int | None) -> Job:
         """Check the prompt and the reply's length against the context, and make the engine's request."""
         body.unsupported()
-        where = "prompt" if kind == "completion" else "messages"
+        where = "prompt" if endpoint == "completion" else "messages"
         if not prompt:
             raise APIError(400, "the prompt is empty", where)
-        vocab = self.lm.model.config.vocab_size
+        vocab = self.engine.vocab_size
         if any(not 0 <= t < vocab for t in prompt):
             raise APIError(400, f"token ids must be from 0 to {vocab - 1}", "prompt")
-        limit = self.engine.max_len  # None: no limit (the bigram looks at its last token only)
-        if limit is not None and len(prompt) >= limit:
+        limit, stopping = self.engine.max_len, self.engine.on_full == "stop"  # "slide": a long prompt's last part
+        if stopping and len(prompt) >= limit:
             raise APIError(400, f"the prompt is {len(prompt)} tokens and the context {limit}, which leaves no room for "
                                 "a reply; send a shorter prompt", where, "context_length_exceeded")
-        room = limit - len(prompt) if limit is not None else UNBOUNDED_REPLY
-        if max_tokens is not None and max_tokens > room:
-            param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
-            raise APIError(400, f"{param} is {max_tokens}, but the prompt takes {len(prompt)} of the context's "
-                                f"{limit} tokens; ask for at most {room}" if limit is not None else
-                           f"{param} is {max_tokens}; the longest reply is {room} tokens", param, "context_length_exceeded")
-        top_k = body.top_k if body.top_k and body.top_k > 0 else None
-        request = Request(prompt, max_tokens or room, body.temperature if body.temperature >= 0.01 else 0.0, top_k,
-                          body.top_p if body.top_p < 1 else None, body.min_p, body.seed, frozenset(self.lm.stop_tokens),
-                          logprobs)
-        return Job(kind, body, prompt, request, list(body.stop or []))
+        room = max(1, limit - len(prompt))
+        max_param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+        sampling = self.sampling(body, room if max_tokens is None else max_tokens, logprobs, max_param, "logprobs" if endpoint == "completion" else "top_logprobs")
+        if stopping and sampling.max_tokens > room:
+            raise APIError(400, f"{max_param} is {max_tokens}, but the prompt takes {len(prompt)} of the context's "
+                                f"{limit} tokens; ask for at most {room}", max_param, "context_length_exceeded")
+        return Job(endpoint, body, prompt, Request(prompt, sampling))
+
+    def sampling(self, body: _Sampling, max_tokens: int, logprobs: int | None, max_param: str, logprobs_param: str) -> Sampling:
+        """The request's Sampling, with the model's end-of-reply tokens; a value out of range is a 400 naming it."""
+        try:
+            return self.lm.with_stops(Sampling(
+                max_tokens=max_tokens, temperature=body.temperature, top_k=body.top_k or 0, top_p=body.top_p,
+                min_p=body.min_p or 0.0, seed=body.seed, stop=tuple(body.stop or ()), logprobs=logprobs))
+        except SamplingError as e:
+            param = {"max_tokens": max_param, "logprobs": logprobs_param}.get(e.field, e.field)
+            raise APIError(400, f"{param} {e.rule}", param, "invalid_value") from None
 
 
 # -- the app ----------------------------------------------------------------------------------------
 
 def create_app(lm: Pretrained, name: str, max_batch: int = 8, max_len: int | None = None, queue_size: int = 64,
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | None = None, on_full: str = "stop") -> FastAPI:
     """The server for one model: FastAPI routes around an Engine of `max_batch` rows of `max_len` positions
-    (default: the model's context) on its own thread, with at most `queue_size` requests waiting."""
+    (default: the model's context) on its own thread, with at most `queue_size` requests waiting.
+    on_full="stop" refuses a prompt and max_tokens that do not fit a row (OpenAI's way); "slide" lets a
+    reply go on past the context (see generate.Engine)."""
     lm.spec.require("serve", lm.source)
     if lm.tokenizer is None:
         raise ScratchLLMError(f"{lm.source} has no tokenizer; a server needs one to read and write text")
-    server = Server(lm, name, Worker(Engine(lm.model, max_batch, max_len), queue_size), api_key or None)
+    server = Server(lm, name, Worker(lm.new_engine(max_batch, max_len, on_full=on_full), queue_size), api_key or None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -214,7 +175,7 @@ def create_app(lm: Pretrained, name: str, max_batch: int = 8, max_len: int | Non
         if len(prompts) != 1:
             raise APIError(400, f"one prompt per request, got {len(prompts)}", "prompt", "unsupported_parameter")
         prompt = prompts[0]
-        ids = list(prompt) if not isinstance(prompt, str) else _checked(lambda: _encode(server.lm.tokenizer, prompt), "prompt")
+        ids = list(prompt) if not isinstance(prompt, str) else _checked(lambda: server.lm.encode(prompt), "prompt")
         job = server.job("completion", body, ids, body.max_tokens, body.logprobs)
         return await _respond(server, job, http)
 
@@ -223,11 +184,10 @@ def create_app(lm: Pretrained, name: str, max_batch: int = 8, max_len: int | Non
         server.check_model(body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(f"messages.{i}.content")}
                     for i, m in enumerate(body.messages)]
-        lm = server.lm
-        ids = _checked(lambda: _encode(lm.tokenizer, render_chat(messages, lm.chat_template, **lm.template_tokens)),
-                       "messages")
+        ids = _checked(lambda: server.lm.encode_chat(messages), "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        job = server.job("chat", body, ids, body.max_completion_tokens or body.max_tokens, logprobs)
+        max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
+        job = server.job("chat", body, ids, max_tokens, logprobs)
         return await _respond(server, job, http)
 
     return app
@@ -262,7 +222,7 @@ async def _respond(server: Server, job: Job, http: HTTPRequest):
         watcher.cancel()
     text = "".join(pieces)
     choice = {"index": 0, "logprobs": _logprobs(server, job, tokens), "finish_reason": finish}
-    if job.kind == "chat":
+    if job.endpoint == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, **choice}
         obj, prefix = "chat.completion", "chatcmpl-"
     else:
@@ -282,7 +242,7 @@ async def _cancel_on_disconnect(server: Server, job: Job, http: HTTPRequest) -> 
 
 async def _tokens(server: Server, job: Job, replies: asyncio.Queue) -> AsyncIterator[tuple[str, Token, str | None]]:
     """(text released, the engine's token, finish reason or None) for every token of the reply."""
-    text = ReplyText(server.lm.tokenizer, job.stops)
+    text = ReplyText(server.lm.tokenizer, job.request.sampling.stop_strings)
     try:
         while True:
             t: Token = await replies.get()
@@ -303,22 +263,23 @@ async def _tokens(server: Server, job: Job, replies: asyncio.Queue) -> AsyncIter
 
 def _usage(job: Job, completion_tokens: int) -> dict:
     return {"prompt_tokens": len(job.prompt), "completion_tokens": completion_tokens,
-            "total_tokens": len(job.prompt) + completion_tokens}
+            "total_tokens": len(job.prompt) + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": job.request.cached_tokens}}
 
 
 def _entry(tokenizer, token: int, logprob: float) -> dict:
-    raw = _token_bytes(tokenizer, token)
+    raw = token_bytes(tokenizer, token)
     return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
 
 def _logprobs(server: Server, job: Job, tokens: list[Token]) -> dict | None:
     """OpenAI's logprobs of these tokens (the stop token left out): chat's {"content": [...]} or the
     completions API's {"tokens", "token_logprobs", "top_logprobs", "text_offset"}."""
-    if job.request.logprobs is None:
+    if job.request.sampling.logprobs is None:
         return None
     tok = server.lm.tokenizer
     kept = [t for t in tokens if t.token is not None and t.logprob is not None]
-    if job.kind == "chat":
+    if job.endpoint == "chat":
         return {"content": [{**_entry(tok, t.token, t.logprob),
                              "top_logprobs": [_entry(tok, i, lp) for i, lp in t.top_logprobs]} for t in kept]}
     texts = [_entry(tok, t.token, 0.0)["token"] for t in kept]
@@ -331,7 +292,7 @@ def _logprobs(server: Server, job: Job, tokens: list[Token]) -> dict | None:
 async def _stream(server: Server, job: Job, replies: asyncio.Queue) -> AsyncIterator[str]:
     """Server-sent events: a chunk per token (and a first one with the role, for chat), the finish
     reason, the usage when asked for (stream_options.include_usage), then [DONE]."""
-    chat = job.kind == "chat"
+    chat = job.endpoint == "chat"
     head = {"id": ("chatcmpl-" if chat else "cmpl-") + job.id, "object": "chat.completion.chunk" if chat else "text_completion",
             "created": job.created, "model": server.name}
     usage = job.body.stream_options is not None and job.body.stream_options.include_usage

@@ -1,9 +1,10 @@
 """The request bodies of the OpenAI API that the server reads, as pydantic models (FastAPI validates with them).
 
-Strict types, as OpenAI checks them: "max_tokens": "16" or "stream": 1 is a 400, not coerced. Fields
-of OpenAI's API that this server does not implement are refused with a 400 naming them when they
-would change the reply (n > 1, echo, suffix, penalties, logit_bias, tools), rather than ignored;
-fields that change nothing (user, metadata, ...) are ignored.
+Strict types, as OpenAI checks them: "max_tokens": "16" or "stream": 1 is a 400, not coerced. The
+ranges of the sampling options are `generate.Sampling`'s, checked when the server builds one (a 400
+with Sampling's message). Fields of OpenAI's API that this server does not implement are refused
+with a 400 naming them when they would change the reply (n > 1, echo, suffix, penalties, logit_bias,
+tools), rather than ignored; fields that change nothing (user, metadata, ...) are ignored.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ class _Sampling(_Body):
     """What both /v1/completions and /v1/chat/completions take."""
 
     model: StrictStr
-    max_tokens: Optional[int] = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)  # below 0.01: greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(None, ge=-1)  # an extra (llama.cpp, vLLM); 0 or -1: off
-    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)  # an extra
+    max_tokens: Optional[int] = None
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: Optional[int] = None  # an extra (llama.cpp, vLLM); 0 or absent: off
+    min_p: Optional[float] = None  # an extra
     stop: Union[StrictStr, list[StrictStr], None] = None
-    seed: Optional[int] = Field(None, ge=-(2**63), lt=2**64)
+    seed: Optional[int] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=128)
@@ -60,8 +61,6 @@ class _Sampling(_Body):
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop strings")
-        if any(s == "" for s in stops):
-            raise ValueError("a stop string cannot be empty")
         return stops
 
     def unsupported(self) -> None:
@@ -77,8 +76,8 @@ class _Sampling(_Body):
 
 class CompletionRequest(_Sampling):
     prompt: Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
-    max_tokens: Optional[int] = Field(16, ge=1)  # OpenAI's default for completions
-    logprobs: Optional[int] = Field(None, ge=0, le=20)
+    max_tokens: Optional[int] = 16  # OpenAI's default for completions
+    logprobs: Optional[int] = None
     echo: bool = False
     suffix: Optional[StrictStr] = None
     best_of: Optional[int] = Field(None, ge=1)
@@ -114,9 +113,9 @@ class ChatMessage(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = None
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    top_logprobs: Optional[int] = None
     tools: Optional[list] = None
 
     def unsupported(self) -> None:

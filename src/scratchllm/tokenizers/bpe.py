@@ -8,6 +8,7 @@ text into chunks, and special tokens (strings that map to one id each and are ne
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from pathlib import Path
@@ -73,6 +74,7 @@ def _replace_surrogates(text: str) -> str:
 
 class BPETokenizer:
     kind = "bpe"
+    byte_level = True  # ids stand for byte strings: GGUF and Hugging Face's tokenizer.json hold it
 
     def __init__(self, ranks: dict[bytes, int], pattern: str = "gpt2", special_tokens: dict[str, int] | None = None,
                  backend: str = "python"):
@@ -208,6 +210,14 @@ class BPETokenizer:
         for token, i in self.ranks.items():
             out[i] = len(token)
         return out
+
+    def fingerprint(self) -> str:
+        """A short hash of the pattern, the special tokens and every token's bytes and id."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.pattern, self.special_tokens], sort_keys=True).encode())
+        for token, rank in sorted(self.ranks.items(), key=lambda kv: kv[1]):
+            h.update(token + rank.to_bytes(4, "little"))
+        return h.hexdigest()[:16]
 
     # -- files ----------------------------------------------------------------------------------
 

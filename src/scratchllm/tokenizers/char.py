@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ class CharTokenizer:
     """Ids are the sorted distinct characters of the corpus, as in nanoGPT's shakespeare_char."""
 
     kind = "char"
+    byte_level = False  # ids are characters, not byte strings: GGUF and tokenizer.json cannot hold it
     special_tokens: dict[str, int] = {}  # none: every id is a character
 
     def __init__(self, chars: list[str]):
@@ -31,7 +33,8 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        """Ids of the text's characters (the special-token options of the protocol mean nothing here: there are none)."""
         try:
             return [self.stoi[c] for c in text]
         except KeyError:
@@ -57,6 +60,9 @@ class CharTokenizer:
     def bytes_per_token(self) -> list[int]:
         """UTF-8 bytes each id stands for: for bits per byte."""
         return [len(c.encode("utf-8")) for c in self.chars]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.chars).encode()).hexdigest()[:16]
 
     def save(self, folder: str | Path) -> None:
         atomic_write(Path(folder) / FILENAME, json.dumps({"type": self.kind, "chars": self.chars}, ensure_ascii=False) + "\n")

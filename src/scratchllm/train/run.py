@@ -15,7 +15,7 @@ from scratchllm.config import apply_overrides, from_dict, to_dict
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import FolderLock, check_output
 from scratchllm.models import get_spec
-from scratchllm.presets import DEFAULT_PRESET, get_preset
+from scratchllm.train.presets import DEFAULT_PRESET, get_preset
 from scratchllm.tokenizers import TokenizerConfig, load_tokenizer, load_tokenizer_path
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import init_distributed, shutdown
@@ -38,6 +38,8 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
     if resume is not None:
         folder = ckpt.resolve_checkpoint(resume)
         meta = ckpt.read_meta(folder)
+        if "finetune" in meta:
+            raise ScratchLLMError(f"{resume} is a fine-tune; continue it with scratchllm finetune --resume {resume}")
         spec, preset_name = get_spec(meta["model_type"]), meta.get("preset", "?")
         configs = {"model": from_dict(spec.config_class, meta["model"], where="model"),
                    "train": from_dict(TrainConfig, meta.get("train"), where="train"), "tokenizer": TokenizerConfig()}
@@ -65,7 +67,7 @@ def train(preset: str = DEFAULT_PRESET, data: str | None = None, out: str | Path
                               "(lr, max_steps, ...) with --resume; start a new run to change the model")
     t0, t1 = before["tokenizer"], configs["tokenizer"]
     if (t0.vocab_size, t0.pattern, t0.special_tokens) != (t1.vocab_size, t1.pattern, t1.special_tokens) and \
-            (tokenizer_path is not None or t1.kind == "char"):  # the settings would be ignored: say so
+            (tokenizer_path is not None or not t1.learned):  # the settings would be ignored: say so
         raise ScratchLLMError("--set tokenizer.vocab_size / pattern / special_tokens apply to a BPE tokenizer the run trains; "
                               + ("--tokenizer gives this run's" if tokenizer_path is not None else
                                  "this preset's is character-level (add --set tokenizer.kind=bpe to train one)"))

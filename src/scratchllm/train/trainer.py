@@ -58,6 +58,10 @@ class Trainer:
                 raise ScratchLLMError("this model type is not sharded by FSDP (GPT, Llama and Gemma are); train it without --fsdp")
             fsdp.shard(self.model, shard_units(self.model), self.device)
         self.optimizer = build_optimizer(self.model, cfg)
+        self.trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        self.frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad} or None
+        if self.frozen is not None and self.sharded:
+            raise ScratchLLMError("a model with frozen parameters (LoRA) is not sharded by FSDP here; train it without --fsdp")
         self.step, self.best_val = 0, math.inf
         self.elapsed = 0.0  # seconds of training so far, over every resumption (for schedule="time")
         self.resumed = resume_from is not None
@@ -87,7 +91,13 @@ class Trainer:
             optimizer_state = fsdp.full_optimizer_state(self.model, self.optimizer, names) if self.optimizer.state \
                 else self.optimizer.state_dict()
             return fsdp.full_model_state(self.model), optimizer_state
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, self.optimizer.state_dict()
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items() if self._saved(k)}, self.optimizer.state_dict()
+
+    def _saved(self, name: str) -> bool:
+        """Whether a state-dict entry goes into checkpoints: all of them, unless some parameters are
+        frozen (LoRA: the base model's weights), when only the trained ones do (the base stays where it was)."""
+        return self.frozen is None or name in self.trained
+
 
     def _restore(self, folder: Path) -> None:
         state, tensors = ckpt.load_trainer_state(folder)
@@ -97,7 +107,9 @@ class Trainer:
             if self.sharded:
                 fsdp.load_full_state(self.model, self.optimizer, parameter_names(self.model), weights, optimizer_state)
             else:
-                self.model.load_state_dict(weights, strict=True)
+                if self.frozen is not None and set(weights) != {k for k in self.model.state_dict() if self._saved(k)}:
+                    raise KeyError("the checkpoint's tensors are not this model's trained ones")
+                self.model.load_state_dict(weights, strict=self.frozen is None)
                 self.optimizer.load_state_dict(optimizer_state)
         except (ValueError, KeyError, RuntimeError, TypeError, IndexError):
             raise ScratchLLMError(f"the weights or optimizer state in {folder} do not fit its config (was config.json "

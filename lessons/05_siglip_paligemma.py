@@ -22,15 +22,19 @@
 # 3. the **vision encoder layer**, built by hand and checked against `transformers`' `SiglipVisionModel`;
 # 4. **SigLIP's sigmoid loss** against CLIP's softmax loss, on a small worked example;
 # 5. **PaliGemma's prefix-LM mask**, drawn: image and question see each other, the answer is written left to right;
-# 6. a short training of `paligemma-shapes` with the library's trainer, and questions asked about new images,
-#    with the model's answers beside them.
+# 6. as the real PaliGemma does, a vision tower pretrained with SigLIP's loss (`siglip-shapes`), then a short
+#    training of `paligemma-shapes` with the library's trainer, from that tower and from scratch, and questions
+#    asked about new images, with both models' answers beside them.
 
 # %%
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notebook bar, imported by transformers
 
+import dataclasses
+import math
 import tempfile
+import textwrap
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -42,14 +46,18 @@ import transformers
 from transformers import SiglipVisionModel
 
 import scratchllm
+from scratchllm.config import to_dict
 from scratchllm.data import shapes
 from scratchllm.data.images import ImageProcessor
+from scratchllm.data.vision_language import ShapesBatches, shapes_tokenizer
 from scratchllm.layers import PreNormBlock, padded_causal_mask
+from scratchllm.models import get_spec
 from scratchllm.models.siglip import Siglip, SiglipConfig, SiglipTextConfig, SiglipVisionConfig, sigmoid_loss
+from scratchllm.train.presets import get_preset
 from scratchllm.train.run import train
+from scratchllm.train.trainer import Trainer
 
 LESSON_START = time.perf_counter()
-
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)  # these models are small; one thread cannot be stalled by other programs on the CPU
 _ = torch.manual_seed(0)
@@ -64,14 +72,15 @@ _ = torch.manual_seed(0)
 # train on a CPU in seconds, rich enough that a model must actually look at the image.
 
 # %%
-fig, axes = plt.subplots(1, 6, figsize=(15, 3))
-for ax, seed in zip(axes, range(6)):
+fig, axes = plt.subplots(2, 3, figsize=(9, 7.5))
+for ax, seed in zip(axes.flat, range(6)):
     ex = shapes.example(seed)
     ax.imshow(ex.image)
-    ax.set_title(f"{ex.prompt}\n→ {ex.answer}", fontsize=8)
-    ax.set_xlabel(shapes.caption(ex.scene), fontsize=7)
+    ax.set_title(textwrap.fill(f"{ex.prompt} → {ex.answer}", 30), fontsize=10)  # the question and its answer
+    ax.set_xlabel(textwrap.fill(shapes.caption(ex.scene), 30), fontsize=9)  # the caption (what SigLIP reads)
     ax.set_xticks([])
     ax.set_yticks([])
+fig.tight_layout()
 plt.show()
 ex = shapes.example(0)
 scenes = [shapes.example(seed).scene for seed in range(200)]
@@ -242,6 +251,37 @@ for ax, m, title in ((axes[0], t * cos + b, "logits t·cos + b"), (axes[1], sigm
 plt.show()
 
 # %% [markdown]
+# **Why the two numbers are so far apart.** They do not measure the same thing. CLIP's loss for an image is one
+# cross-entropy over the `n` captions of its row: `log n` (1.386 for `n = 4`) when the model cannot tell the
+# captions apart, 0 when it is sure of the right one. SigLIP's loss for an image is a *sum* of `n` binary
+# cross-entropies, one per caption, and at the start (`t = 10, b = -10`) it is set by the true pairs: a pair's
+# logit `10·cos - 10` is at most 0, so a true pair costs at least `log 2` (`-log σ(0)`), and about `10·(1 - cos)`
+# when its cosine is well below 1; a false pair, with a cosine near 0, has a logit near -10 and costs about
+# `e^-10`. Here the true pairs make nearly all of the 4.20, the most from the pairs with the lowest cosines.
+# For a model whose embeddings know nothing (every cosine 0) CLIP's loss is
+# `log n`, which grows with the batch, and SigLIP's is `-log σ(-10) + n·log(1 + e^-10)`, about 10 whatever
+# the batch. With `b = 0` instead it would be `n·log 2`, nearly all of it from the `n - 1` false pairs.
+
+# %%
+terms = sigmoid_terms(t * cos + b, labels)  # (4, 4): one binary cross-entropy per (image, caption) pair
+true_part, false_part = (terms * labels).sum() / 4, (terms * (1 - labels)).sum() / 4  # per image, as the loss averages
+print(f"cosines of the true pairs {cos.diagonal().numpy().round(2)}, their terms {terms.diagonal().numpy().round(2)}")
+print(f"SigLIP loss per image: true pairs {true_part:.4f} + false pairs {false_part:.4f}")
+assert (terms.diagonal() >= math.log(2)).all()  # t·cos + b <= 0: no true pair is above even odds at the start
+assert torch.allclose(terms.diagonal(), F.softplus(t * (1 - cos.diagonal())))  # -log σ(x) = softplus(-x)
+assert false_part < 0.01 * true_part
+
+print(f"{'batch n':>8} {'CLIP = log n':>13} {'SigLIP, b=-10':>14} {'SigLIP, b=0':>12}")
+for n in (4, 64, 1024):
+    blank = torch.zeros(n, n)  # embeddings that know nothing: every image-caption cosine is 0
+    clip_n = clip_loss(t * blank)
+    siglip_n, siglip_b0 = sigmoid_loss(t * blank + b, torch.eye(n)), sigmoid_loss(t * blank, torch.eye(n))
+    print(f"{n:>8} {clip_n:>13.3f} {siglip_n:>14.3f} {siglip_b0:>12.1f}")
+    assert torch.isclose(clip_n, torch.tensor(math.log(n)))
+    assert torch.isclose(siglip_n, torch.tensor(-F.logsigmoid(torch.tensor(-10.0)).item() + n * math.log1p(math.exp(-10))))
+    assert torch.isclose(siglip_b0, torch.tensor(n * math.log(2)))  # n - 1 of its n terms are false pairs
+
+# %% [markdown]
 # **Each pair on its own.** Add a fifth caption to the batch. CLIP's loss for the first four images changes,
 # because the new caption joins every row's softmax. SigLIP's terms for the sixteen existing pairs do not
 # change at all; the new column only adds its own terms. The SigLIP paper builds on that independence: the
@@ -332,44 +372,104 @@ assert not mask[:11, 11:].any()  # padding is invisible to real tokens
 # %% [markdown]
 # ## 6. Training PaliGemma on the shapes world
 #
-# The `paligemma-shapes` preset is a 0.9M-parameter PaliGemma: a 3-layer SigLIP encoder over 16 patches, a
-# linear projector, and a 3-layer Gemma decoder (multi-query attention, GeGLU, RMSNorm with `1 + w`); a cell
-# below checks those numbers on the trained model. The preset trains for thousands of steps; we run 400 to see
-# how far that gets. The trainer prints the validation loss and the exact-match accuracy on 256 held-out
-# questions at the start and at the end.
+# Real PaliGemma does not start from a random image encoder. Its vision tower is SigLIP So400m, pretrained with
+# the sigmoid loss of section 4 on image-caption pairs; then the whole model (tower, projector and Gemma
+# decoder) is trained on a broad mixture of multimodal tasks. In that stage the paper warms the image encoder's
+# learning rate up slowly, so that the first gradients from a decoder that knows nothing yet do not spoil what
+# the tower learned.
+#
+# We do the same at toy scale. First `siglip-shapes`: SigLIP's two towers and sigmoid loss on this world's
+# images and their captions, with the image tower shaped like `paligemma-shapes`' (8×8 patches, 3 layers, 128
+# wide) so that its weights fit. Captions such as "a red circle and a blue square" can only be told apart by an
+# image tower that sees which colour goes with which shape. The trainer reports retrieval on the held-out
+# scenes: for how many images the nearest of all their distinct captions is their own.
 
 # %%
 runs = Path(tempfile.mkdtemp(prefix="scratchllm-lesson5-"))
-summary = train("paligemma-shapes", out=runs / "paligemma", max_steps=400, overrides=["eval_interval=100000", "device=cpu"],
-                progress=False)
-print(f"{summary['n_params']:,} parameters, exact match {summary['metrics']['exact_match']:.1%} after {summary['step']} steps")
-assert 0.85e6 < summary["n_params"] < 0.95e6
+PALIGEMMA_TOWER = ["vision.patch_size=8", "vision.n_embd=128", "vision.n_layer=3", "vision.intermediate_size=256",
+                   "text.projection_size=128"]  # the text tower stays 64 wide; its last projection meets the image's 128
+# a short run: 300 steps of 32 pairs (the preset: 1500 of 64), with a shorter warm-up and a higher peak
+siglip_run = train("siglip-shapes", out=runs / "siglip", max_steps=300, progress=False,
+                   overrides=[*PALIGEMMA_TOWER, "batch_size=32", "warmup_steps=50", "lr=2e-3", "eval_interval=100000",
+                              "device=cpu"])
+captions = {shapes.caption(e.scene) for e in shapes.held_out(256, "caption")}
+print(f"after {siglip_run['step']} steps, the nearest of {len(captions)} captions is the right one for "
+      f"{siglip_run['metrics']['r@1']:.0%} of the held-out images (chance: {1 / len(captions):.1%})")
+assert siglip_run["metrics"]["r@1"] > 10 / len(captions)
+siglip = scratchllm.load_pretrained(runs / "siglip" / "best").model
+# PaliGemma reads the patch features; the pooling head that made SigLIP's one vector per image stays behind
+tower = {name: w for name, w in siglip.vision.state_dict().items() if not name.startswith("head.")}
 
 # %% [markdown]
-# Is that good? A model that never looks at the image can still learn the answer most often given to each
-# question (`"how many shapes?"` → the commonest count). We compute that blind baseline from 10,000 training
-# examples and score it on the same held-out questions. Then we ask the trained model every held-out question
-# ourselves (`PaliGemma.answer`: the image and question are encoded once, and the answer is decoded greedily
-# over a KV cache) and break the accuracy down by kind of question.
+# Then `paligemma-shapes`, a 0.9M-parameter PaliGemma: the 3-layer SigLIP encoder over 16 patches, a linear
+# projector, and a 3-layer Gemma decoder (multi-query attention, GeGLU, RMSNorm with `1 + w`). We train it
+# twice with the library's `Trainer`, for the same number of steps, from the same seed (so the same initial
+# projector and decoder, and the same batches): once from scratch, once with the SigLIP tower copied in. Our
+# trainer has one learning rate for the whole model, so we take the paper's slow warm-up to its limit and keep
+# the copied tower frozen for this short run. The preset trains for thousands of steps; we run 300.
+# Training never sees the held-out scenes' questions (checked by content); we keep 1,024 of them for the
+# comparison.
 
 # %%
-pretrained = scratchllm.load_pretrained(runs / "paligemma" / "best")
-model, tokenizer = pretrained.model, pretrained.tokenizer
-vision, text = model.config.vision, model.config.text
+preset, spec = get_preset("paligemma-shapes"), get_spec("paligemma")
+STEPS, BATCH = 300, 32  # the preset: 6000 steps of 64
+tokenizer = shapes_tokenizer(preset.tokenizer)  # the same small BPE as SigLIP's: trained on the world's phrases
+config = spec.finish_config(preset.model, tokenizer)
+held_out = shapes.held_out(1024)
+
+
+def train_paligemma(name: str, tower: dict[str, torch.Tensor] | None = None) -> tuple[torch.nn.Module, float]:
+    """paligemma-shapes for STEPS steps; with `tower`, the vision tower starts from it and stays frozen.
+    Returns the model and its validation loss (on the answers to the first 256 held-out questions)."""
+    cfg = dataclasses.replace(preset.train, max_steps=STEPS, batch_size=BATCH, eval_batches=256 // BATCH,
+                              eval_interval=STEPS, max_time=None, device="cpu")
+    n = config.vision.num_patches  # each row: n image slots, then the question and answer (16 tokens are plenty)
+    batches = ShapesBatches(tokenizer, config.vision.image_size, n, n + 16, cfg.seed, n_held_out=len(held_out))
+    torch.manual_seed(cfg.seed)  # the same initial weights in both runs
+    model = spec.build(config)
+    if tower is not None:
+        model.vision.load_state_dict(tower)
+        model.vision.requires_grad_(False)
+    summary = Trainer(model, cfg, tokenizer, batches, runs / name.replace(" ", "-"), progress=False,
+                      meta={"model_type": "paligemma", "model": to_dict(config)}).fit()
+    return model.eval(), summary["val_loss"]
+
+
+models, val_loss = {}, {}
+for name, start in (("from scratch", None), ("SigLIP tower", tower)):
+    models[name], val_loss[name] = train_paligemma(name, start)
+n_params = sum(w.numel() for w in models["from scratch"].parameters())
+print(f"{n_params:,} parameters")
+assert 0.85e6 < n_params < 0.95e6
+vision, text = config.vision, config.text
 assert (vision.n_layer, vision.patch_size, vision.num_patches, text.n_layer, text.n_kv_head) == (3, 8, 16, 3, 1)
 assert (text.mlp_activation, text.norm_offset) == ("gelu_tanh", 1.0)
-held_out = shapes.held_out(256)
-answers = []
-for i in range(0, len(held_out), 64):
-    chunk = held_out[i:i + 64]
-    answers += model.answer(tokenizer, torch.stack([processor(e.image) for e in chunk]), [e.prompt for e in chunk])
+assert all(torch.equal(w, models["SigLIP tower"].vision.state_dict()[key]) for key, w in tower.items())  # frozen
 
-seen = defaultdict(Counter)
+# %% [markdown]
+# A model that never looks at the image can still learn the answer most often given to each question
+# (`"how many shapes?"` → the commonest count). We compute that blind baseline from 10,000 training examples.
+# Then we ask both models every held-out question (`PaliGemma.answer`: the image and question are encoded
+# once, and the answer is decoded greedily over a KV cache) and break the accuracy down by kind of question.
+
+# %%
+def ask(model) -> list[str]:
+    answers = []
+    for i in range(0, len(held_out), 128):
+        chunk = held_out[i:i + 128]
+        pixels = torch.stack([processor(e.image) for e in chunk])  # (128, 3, 32, 32)
+        answers += [a.strip() for a in model.answer(tokenizer, pixels, [e.prompt for e in chunk])]
+    return answers
+
+
+seen = defaultdict(Counter)  # question -> how often each answer was the right one
 for seed in range(10_000):
     e = shapes.example(seed)
     seen[e.prompt][e.answer] += 1
 most_common_overall = Counter(a for c in seen.values() for a in c.elements()).most_common(1)[0][0]
-blind = [seen[e.prompt].most_common(1)[0][0] if e.prompt in seen else most_common_overall for e in held_out]
+predictions = {name: ask(model) for name, model in models.items()}
+predictions["blind majority"] = [seen[e.prompt].most_common(1)[0][0] if e.prompt in seen else most_common_overall
+                                 for e in held_out]
 
 
 def kind(prompt: str) -> str:
@@ -377,53 +477,67 @@ def kind(prompt: str) -> str:
 
 
 kinds = sorted({kind(e.prompt) for e in held_out})
-accuracy = {name: [sum(a.strip() == e.answer for a, e in zip(preds, held_out) if kind(e.prompt) == k)
-                   / sum(kind(e.prompt) == k for e in held_out) for k in kinds]
-            for name, preds in (("PaliGemma, 400 steps", answers), ("blind majority", blind))}
-model_score = sum(a.strip() == e.answer for a, e in zip(answers, held_out)) / len(held_out)
-blind_score = sum(a == e.answer for a, e in zip(blind, held_out)) / len(held_out)
-print(f"exact match on 256 held-out questions: PaliGemma {model_score:.1%}, blind majority {blind_score:.1%}")
-for k, ours_k, blind_k in zip(kinds, *accuracy.values()):
-    print(f"  {k:10} PaliGemma {ours_k:6.1%}   blind {blind_k:6.1%}   ({sum(kind(e.prompt) == k for e in held_out)} questions)")
-assert model_score == summary["metrics"]["exact_match"]  # the trainer's metric, recomputed
-assert model_score > blind_score + 0.1
+n_kind = {k: sum(kind(e.prompt) == k for e in held_out) for k in kinds}
+accuracy = {name: {k: sum(a == e.answer for a, e in zip(answers, held_out) if kind(e.prompt) == k) / n_kind[k]
+                   for k in kinds} | {"all": sum(a == e.answer for a, e in zip(answers, held_out)) / len(held_out)}
+            for name, answers in predictions.items()}
+print(f"{'':12}" + "".join(f"{name:>16}" for name in accuracy) + "   questions")
+for k in [*kinds, "all"]:
+    print(f"{k:12}" + "".join(f"{acc[k]:>16.1%}" for acc in accuracy.values()) + f"{n_kind.get(k, len(held_out)):>12}")
 
-fig, ax = plt.subplots(figsize=(8, 3))
+fig, ax = plt.subplots(figsize=(10, 3.5))
 for j, (name, acc) in enumerate(accuracy.items()):
-    ax.bar([i + 0.4 * j for i in range(len(kinds))], acc, width=0.4, label=name)
-ax.set_xticks([i + 0.2 for i in range(len(kinds))], kinds)
+    ax.bar([i + 0.27 * j for i in range(len(kinds))], [acc[k] for k in kinds], width=0.27, label=name)
+ax.set_xticks([i + 0.27 for i in range(len(kinds))], [f"{k}\n({n_kind[k]} questions)" for k in kinds])
 ax.set_ylabel("exact match")
-ax.legend()
+ax.set_ylim(0, 1)
+ax.set_title(f"held-out questions after {STEPS} steps, by kind")
+ax.legend(loc="upper right")
 plt.show()
 
 # %% [markdown]
-# Finally, the model's answers beside the images, for the first twelve held-out questions (✓ right, ✗ wrong, with
-# the true answer):
+# What the pretrained tower changes, after the same 300 steps from the same start (the table and bars above):
+#
+# - **Overall, it is the difference between learning and guessing.** From scratch, the model scores about what
+#   the blind majority does; with the SigLIP tower it is well above both, and its validation loss is lower.
+# - **Counting is solved with the tower, not without it.** SigLIP had to tell "a red circle" from "a red circle
+#   and a blue square", so its features already say how many shapes there are; the decoder only has to read
+#   that off. The tower trained from scratch has not learned it in 300 steps.
+# - **"Where is the ... shape?" improves**, by less: a caption names each colour with its shape, so the tower's
+#   patches carry colour, but the decoder must still learn to find the patch that the question's colour names.
+#   The other kinds of question stay within a few points of the blind majority with either start.
+# - **"What color is the ...?" stays at the blind level with either start.** The answer needs the decoder to
+#   find the patch of the named shape and read its colour there, a binding of the question's words to one
+#   patch that 300 steps do not teach. (The full preset trains 6,000 steps; the README's measured run answers all 256 of its
+#   held-out questions right.)
+#
+# The numbers move by a few points with the CPU's kernels; the checks below hold with a wide margin on each
+# path we tried (fp32, bf16, and AVX2-only kernels).
 
 # %%
-fig, axes = plt.subplots(2, 6, figsize=(16, 6.5))
-for ax, e, a in zip(axes.flat, held_out, answers):
+scratch, pretrained, blind = (accuracy[name] for name in ("from scratch", "SigLIP tower", "blind majority"))
+print(f"validation loss: from scratch {val_loss['from scratch']:.3f}, SigLIP tower {val_loss['SigLIP tower']:.3f}")
+assert val_loss["SigLIP tower"] < val_loss["from scratch"]
+assert abs(scratch["all"] - blind["all"]) < 0.08  # from scratch: about the blind majority
+assert pretrained["all"] > max(scratch["all"], blind["all"]) + 0.08  # with the tower: well above both
+assert pretrained["how many"] > 0.9 and scratch["how many"] < 0.75  # counting: solved with the tower only
+assert pretrained["where"] > scratch["where"] + 0.05
+assert max(scratch["what color"], pretrained["what color"]) < blind["what color"] + 0.1  # colour: still blind
+
+# %% [markdown]
+# Finally, both models' answers beside the images, for the first twelve held-out questions (✓ right, ✗ wrong):
+
+# %%
+fig, axes = plt.subplots(3, 4, figsize=(12, 12))
+for i, (ax, e) in enumerate(zip(axes.flat, held_out)):
     ax.imshow(e.image)
-    verdict = "✓" if a.strip() == e.answer else f"✗ (truth: {e.answer})"
-    ax.set_title(f"{e.prompt}\n{a.strip()!r} {verdict}", fontsize=8)
+    lines = [textwrap.fill(e.prompt, 32), f"truth: {e.answer}"]
+    lines += [f"{name}: {predictions[name][i]} {'✓' if predictions[name][i] == e.answer else '✗'}" for name in models]
+    ax.set_title("\n".join(lines), fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-plt.tight_layout()
+fig.tight_layout()
 plt.show()
-
-# %% [markdown]
-# What 400 steps taught it, by kind of question (the bars above). Counting is solved first: it needs no link
-# between the question's words and particular patches, only how many patches hold a shape. Naming the shape
-# of a given colour is under way. Naming the colour of a given shape is not learned yet, nor "left of": on
-# those two the blind baseline does as well or better. They need the question's words to pick out the right
-# patches, which 400 steps have not taught yet.
-
-# %%
-by_kind = dict(zip(kinds, accuracy["PaliGemma, 400 steps"]))
-blind_by_kind = dict(zip(kinds, accuracy["blind majority"]))
-assert by_kind["how many"] > 0.9 > blind_by_kind["how many"]
-assert by_kind["what shape"] > blind_by_kind["what shape"]
-assert by_kind["what color"] <= blind_by_kind["what color"] and by_kind["left of"] <= blind_by_kind["left of"]
 
 # %% [markdown]
 # That completes the course: characters and bytes to tokens, tokens to a GPT and a Llama, images to tokens

@@ -9,8 +9,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"  # shipped with the repository (tests/data/README.md): no test needs ../shared
 
-# Tests run on 2 CPU cores; keep torch from oversubscribing them when several processes run.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests run on 2 CPU cores; keep torch from oversubscribing them when several processes run. With
+# pytest-xdist's workers (`-n 2`, the default, see pyproject.toml) each worker and the commands it starts get
+# an equal share of the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+# The tests that take a minute or more (the course's lessons, then the multi-process runs) go first: with
+# two workers taking one test at a time they start at once and the short tests fill in around them, instead
+# of leaving one worker running a lesson alone at the end.
+LONG_FIRST = ("tests/test_lessons.py::test_lesson_runs", "tests/test_distributed.py", "tests/test_trainer.py::test_compiled")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONG_FIRST) if item.nodeid.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep pytest's order
+
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")

@@ -110,3 +110,17 @@ def test_precision_auto_follows_the_environment(monkeypatch):
     monkeypatch.setenv("SCRATCHLLM_PRECISION", "fp16")
     with pytest.raises(ScratchLLMError, match="SCRATCHLLM_PRECISION='fp16' is not fp32 or bf16"):
         resolve_precision("auto", cpu)
+
+
+@pytest.mark.parametrize("env", [{"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}])
+def test_kernels_held_to_avx2_count_as_no_native_bf16(env):
+    """Forcing another CPU's code path (as the course is checked) must not leave "auto" on bf16, which those
+    kernels only emulate, several times slower. Read in a fresh process: torch reads these at import."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from scratchllm.device import cpu_has_fast_bf16; print(cpu_has_fast_bf16())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

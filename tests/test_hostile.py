@@ -995,9 +995,15 @@ def case_i11_eval_device_bogus(w):
     return ["eval", "--checkpoint", str(w.shared()), "--device", "cuda:banana"]
 
 
-@case("is not an image this tool can read")
+@case("new ones that passes the model's context of")
 def case_i11_ask_max_new_tokens_1e9(w):
-    return ["ask", "--checkpoint", str(w.shared("paligemma-shapes")), "--image", str(w.write("i.png", png_of_size(8, 8))),
+    import io
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image, format="PNG")  # a real picture: the check is on the number
+    return ["ask", "--checkpoint", str(w.shared("paligemma-shapes")), "--image", str(w.write("i.png", image.getvalue())),
             "--prompt", "how many shapes?", "--max-new-tokens", str(10**9)]
 
 

@@ -163,6 +163,22 @@ _SMALL_TOKENIZER_KEYS = {"tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenize
                          "tokenizer.ggml.add_eos_token", *(f"tokenizer.ggml.{k}_token_id" for k in _SPECIAL_ID_KEYS)}
 
 
+@lru_cache(maxsize=None)
+def _reader_class():
+    """gguf's GGUFReader, reading its fields through a plain array view of the memory map. The stock reader
+    slices the np.memmap itself, about 800,000 times for SmolLM2's 49,152 tokens and merges, and each slice
+    of that subclass pays its bookkeeping (measured: 5.9 s of a 13 s load)."""
+    import gguf
+
+    class Reader(gguf.GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            if type(self.data) is np.memmap:
+                self.data = self.data.view(np.ndarray)  # the same mapped bytes, without memmap's __getitem__
+            return super()._get(offset, dtype, count, override_order)
+
+    return Reader
+
+
 def _open(path: Path):
     """A GGUFReader, after checking that the file is a GGUF at all and that every tensor lies inside it."""
     import gguf
@@ -183,7 +199,7 @@ def _open(path: Path):
     if version not in (2, 3):
         raise ScratchLLMError(f"{path} is GGUF version {version}; versions 2 and 3 are supported (re-convert it with a current llama.cpp)")
     try:
-        reader = gguf.GGUFReader(path)
+        reader = _reader_class()(path)
     except ValueError as e:  # an unknown ggml type id is a ValueError of the enum
         if "GGMLQuantizationType" in str(e):
             raise ScratchLLMError(f"{path} holds tensors of a type the gguf package does not know ({e}); "
@@ -272,8 +288,7 @@ def _check_tensors(spec, hf_config: dict[str, Any], infos: dict, path: Path):
     """Our config, once every tensor the model needs is in the file, of its shape, and nothing else is: the
     model is built on the meta device (shapes only) from the config, its Hugging Face tensors named the GGUF way."""
     _, config = config_from_hf(hf_config, str(path))
-    with torch.device("meta"):
-        model = spec.build(config)
+    model = spec.build_shapes(config)
     expected = {spec.gguf.to_gguf(name): tuple(t.shape)
                 for name, t in export_weights(spec.hf.weights, model.state_dict(), config).items()}
     for name, shape in expected.items():

@@ -24,10 +24,10 @@ def cells(notebook) -> list[tuple[str, str]]:
     return [(cell.cell_type, cell.source) for cell in notebook.cells]
 
 
-def test_the_course_has_seven_lessons():
+def test_the_course_has_nine_lessons():
     assert [s.stem for s in SOURCES] == ["01_gpt_from_scratch", "02_bpe_from_scratch", "03_llama_attention",
                                          "04_llama_feed_forward", "05_siglip_paligemma", "06_generation",
-                                         "07_real_weights"]
+                                         "07_real_weights", "08_fine_tuning", "09_evaluation"]
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.stem)
@@ -65,7 +65,7 @@ def course_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("course-cache")
 
 
-USES_SMOLLM2 = {"07_real_weights"}  # lessons that load the named pretrained model
+USES_SMOLLM2 = {"07_real_weights", "08_fine_tuning", "09_evaluation"}  # lessons that load the named pretrained model
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.stem)

@@ -120,15 +120,18 @@ def test_generation_packs_the_model_and_decodes_the_same_tokens(dtype):
                 ids.append(int(model(torch.tensor([ids]))[0, -1].float().argmax()))
             reference.append(ids[len(prompt):])
     assert all(m.packed is None for m in projections(model))
+    # packed for the call where oneDNN packs this dtype (bf16 only where its kernels do bf16: not with
+    # ONEDNN_MAX_CPU_ISA=AVX2 or on a CPU without AVX512), and decoded the same either way
+    packs = can_pack(torch.empty(1, dtype=dtype))
     steps = generate_batch(model, prompts, 12, temperature=0)
     out = [next(steps)]
-    assert all(m.packed is not None for m in projections(model))  # packed for the call
+    assert all((m.packed is not None) == packs for m in projections(model))
     out += list(steps)
     assert all(m.packed is None for m in projections(model))  # and no longer after it
     assert [list(r) for r in zip(*out)] == reference
     with packed_for_inference(model):  # packed outside: generate keeps it
         list(generate_batch(model, prompts, 2, temperature=0))
-        assert all(m.packed is not None for m in projections(model))
+        assert all((m.packed is not None) == packs for m in projections(model))
     assert all(m.packed is None for m in projections(model))
 
 

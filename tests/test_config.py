@@ -88,7 +88,7 @@ def test_config_json_values_are_type_checked():
 
     for data, message in (({"n_layer": "4"}, "must be an integer"), ({"n_layer": None}, "must be an integer"),
                           ({"dropout": float("nan")}, "finite"), ({"bias": 1}, "true or false"),
-                          ({"n_embd": 1 << 30}, "n_embd must be from"), ({"n_heads": 4}, "unknown keys")):
+                          ({"n_embd": 1 << 30}, "n_embd must be from"), ({"block_size": 1}, "context .* at least 2 tokens"), ({"n_heads": 4}, "unknown keys")):
         with pytest.raises(ScratchLLMError, match=message):
             from_dict(GPTConfig, data)
 

@@ -1299,6 +1299,20 @@ def case_x_gguf_truncated(w):
     return ["sample", "--checkpoint", str(g), "--prompt", "hi"]
 
 
+@case("the context (block_size / max_position_embeddings / context_length) must be at least 2 tokens, got 1")
+def case_x_gguf_context_of_one_token(w):
+    """Loads, then could never extend a prompt: refused at load (found by the GGUF fuzz test)."""
+    import struct
+
+    g = w.gguf()
+    data = g.read_bytes()
+    key = b"llama.context_length"
+    at = data.index(key) + len(key)
+    assert struct.unpack_from("<I", data, at)[0] == 4  # GGUF value type 4 is uint32
+    g.write_bytes(data[: at + 4] + struct.pack("<I", 1) + data[at + 8:])
+    return ["chat", "--model", str(g), "--prompt", "hi"]
+
+
 @case("is truncated or corrupt")
 def case_x_gguf_header_only(w):
     g = w.gguf()

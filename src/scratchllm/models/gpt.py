@@ -18,7 +18,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import KVCache, Linear, TiedHead
 from scratchllm.layers.blocks import PreNormBlock
 from scratchllm.layers.mlp import ACTIVATIONS
-from scratchllm.models.limits import check_sizes
+from scratchllm.models.limits import check_context, check_sizes
 from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
 from scratchllm.models.tasks import LANGUAGE
 
@@ -37,6 +37,7 @@ class GPTConfig:
 
     def __post_init__(self):
         check_sizes(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        check_context(self.block_size)
         if self.n_embd % self.n_head:
             raise ScratchLLMError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; pick n_embd a multiple of n_head")
         if not 0.0 <= self.dropout < 1.0:

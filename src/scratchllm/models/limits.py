@@ -21,3 +21,10 @@ def check_sizes(config, *names: str, allow_zero: tuple[str, ...] = ("vocab_size"
         low, high = (0 if name in allow_zero else 1), (MAX_LAYERS if name == "n_layer" else MAX_SIZE)
         if not low <= value < high:
             raise ScratchLLMError(f"{name} must be from {low} to {high - 1}, got {value}")
+
+
+def check_context(block_size: int) -> None:
+    """A model that attends over a window needs room for a token and the one after it: with a context of 1
+    it could read a prompt but never extend it (a hostile GGUF or config.json says context_length 1)."""
+    if block_size < 2:
+        raise ScratchLLMError(f"the context (block_size / max_position_embeddings / context_length) must be at least 2 tokens, got {block_size}; the file is damaged or the setting a typo")

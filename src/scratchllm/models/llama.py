@@ -22,7 +22,7 @@ from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, TiedHead, RMSNorm, RopeScaling, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
 from scratchllm.layers.mlp import ACTIVATIONS
-from scratchllm.models.limits import check_sizes
+from scratchllm.models.limits import check_context, check_sizes
 from scratchllm.models.spec import GGUFFormat, HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
 from scratchllm.models.tasks import LANGUAGE
 
@@ -56,6 +56,7 @@ class LlamaConfig:
     def __post_init__(self):
         check_sizes(self, "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim",
                     "intermediate_size", "multiple_of", "rope_original_max_position")
+        check_context(self.block_size)
         for name in ("norm_eps", "rope_theta", "rope_factor", "ffn_dim_multiplier", "rope_low_freq_factor", "rope_high_freq_factor"):
             value = getattr(self, name)
             if value is not None and not 0 < value < 1e12:

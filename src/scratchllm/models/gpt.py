@@ -149,5 +149,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("gpt2",), _config_from_hf, GPT2_WEIGHTS, _config_to_hf),
-    shard_units=lambda model: model.blocks, lora_targets=lora_targets,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets, int8=True,
 ))

@@ -258,5 +258,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("llama", "qwen3"), _config_from_hf, LLAMA_WEIGHTS, _config_to_hf),
-    shard_units=lambda model: model.blocks, lora_targets=lora_targets, gguf=LLAMA_GGUF,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets, gguf=LLAMA_GGUF, int8=True,
 ))

@@ -184,6 +184,7 @@ class ModelSpec:
     # LoRA's targets: name -> (Linear's path, "{i}" for each block; its first and last + 1 output column), from
     # the config (a fused qkv holds q, k and v side by side). None: no LoRA. See layers/linear.py, train/finetune.py
     lora_targets: Callable[[Any], dict[str, tuple[str, int, int]]] | None = None
+    int8: bool = False  # its projections can decode from int8 weights (`--precision int8`, layers/linear.py quantize_int8)
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)
@@ -231,6 +232,15 @@ class ModelSpec:
         hint = f"; use {' or '.join(f'scratchllm {c}' for c in others)}" if others else ""
         raise ScratchLLMError(f"{source} holds a {self.model_type} model, which `scratchllm {command}` does not apply to{hint}")
 
+
+    def quantize_int8(self, model: nn.Module, source: str) -> nn.Module:
+        """`--precision int8`: the model's projections decode from int8 weights (layers/linear.py)."""
+        from scratchllm.layers.linear import quantize_int8
+
+        if not self.int8:
+            raise ScratchLLMError(f"{source} holds a {self.model_type} model, which has no int8 form; use --precision bf16 or fp32")
+        quantize_int8(model)
+        return model
 
     def add_lora(self, model: nn.Module, cfg: Any) -> list[str]:
         """Give `model` the LoRA updates `cfg` (a layers.LoRAConfig) names, in every block, and freeze

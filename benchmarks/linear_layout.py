@@ -121,7 +121,7 @@ def int8_sizes() -> None:
         times = {}
         q = [Int8Weight(t) for t in w]
         times["int8"] = per_call_us(lambda: [m(xb, None) for m in q], copies)
-        times["int8, fp32 in"] = per_call_us(lambda: [m(x32, None) for m in q], copies)
+        times["int8 (fp32 x)"] = per_call_us(lambda: [m(x32, None) for m in q], copies)
         wb = [t.bfloat16() for t in w]
         times["bf16 F.linear"] = per_call_us(lambda: [F.linear(xb, t) for t in wb], copies)
         p32 = [PackedWeight(t, t) for t in w]

@@ -6,7 +6,7 @@ import torch
 from scratchllm.generate import generate_batch
 from scratchllm.layers import Linear, TiedHead, pack_for_inference, packed_for_inference, unpack
 from scratchllm.layers import linear
-from scratchllm.layers.linear import can_pack
+from scratchllm.layers.linear import OutInWeight, PackedWeight, can_pack
 from scratchllm.models import GPT, GPTConfig, Llama, LlamaConfig
 
 pytestmark = pytest.mark.skipif(not can_pack(torch.zeros(1)), reason="this torch has no oneDNN (mkldnn) CPU kernels")
@@ -120,12 +120,14 @@ def test_generation_packs_the_model_and_decodes_the_same_tokens(dtype):
                 ids.append(int(model(torch.tensor([ids]))[0, -1].float().argmax()))
             reference.append(ids[len(prompt):])
     assert all(m.packed is None for m in projections(model))
-    # packed for the call where oneDNN packs this dtype (bf16 only where its kernels do bf16: not with
-    # ONEDNN_MAX_CPU_ISA=AVX2 or on a CPU without AVX512), and decoded the same either way
-    packs = can_pack(torch.empty(1, dtype=dtype))
+    # packed for the call: by oneDNN where it packs this dtype (bf16 only where its kernels do bf16: not with
+    # ONEDNN_MAX_CPU_ISA=AVX2 or on a CPU without AVX512), else bf16 as an (out, in) copy; decoded the same
+    layout = PackedWeight if can_pack(torch.empty(1, dtype=dtype)) else OutInWeight if dtype == torch.bfloat16 else None
+    packs = layout is not None
     steps = generate_batch(model, prompts, 12, temperature=0)
     out = [next(steps)]
     assert all((m.packed is not None) == packs for m in projections(model))
+    assert all(type(m.packed) is layout for m in projections(model) if packs)
     out += list(steps)
     assert all(m.packed is None for m in projections(model))  # and no longer after it
     assert [list(r) for r in zip(*out)] == reference
@@ -142,3 +144,21 @@ def test_a_small_fp32_model_stays_unpacked_where_packing_is_slower(monkeypatch):
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 packing pays at every size
         assert len(pack_for_inference(model.to(torch.bfloat16))) == len(projections(model))
     assert not can_pack(torch.zeros(4, 4, dtype=torch.float16))
+
+
+def test_a_bf16_weight_oneDNN_cannot_pack_gets_an_out_in_copy_with_the_same_products(monkeypatch):
+    """On a CPU without oneDNN bf16 (AVX2 only) the (in, out) bf16 product is ~15x slower than (out, in)."""
+    monkeypatch.setattr(linear, "can_pack", lambda weight: False)
+    model = tiny_llama(torch.bfloat16)
+    x = torch.randn(3, 7, 32, dtype=torch.bfloat16)
+    q = model.blocks[0].attn.qkv
+    with torch.no_grad():
+        want = q(x)
+        made = pack_for_inference(model)
+        got = q(x)
+    assert len(made) == len(projections(model)) and all(isinstance(m.packed, OutInWeight) for m in made)
+    exact = x.double() @ q.weight.double()
+    bound = 2**-7 * (x.double().abs() @ q.weight.double().abs())  # each is the fp32 sum rounded to bf16
+    assert ((got.double() - exact).abs() <= bound).all() and ((want.double() - exact).abs() <= bound).all()
+    head = [m for m in projections(model) if isinstance(m, TiedHead)]
+    assert all(m.packed.tensor.data_ptr() == m.weight.data_ptr() for m in head)  # the table itself: no copy

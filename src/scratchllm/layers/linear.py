@@ -38,8 +38,12 @@ class PackedWeight:
     beside the parameter it copies (not in the state dict), valid while that parameter is unchanged."""
 
     def __init__(self, weight_out_in: torch.Tensor, source: torch.Tensor):
-        self.tensor = torch.ops.mkldnn._reorder_linear_weight(weight_out_in.detach(), batch_size=1)
+        self.tensor = self.laid_out(weight_out_in.detach())
         self.dtype, self._ptr, self._version = source.dtype, source.data_ptr(), source._version
+
+    @staticmethod
+    def laid_out(weight_out_in: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(weight_out_in, batch_size=1)
 
     def matches(self, source: torch.Tensor) -> bool:
         """The parameter is the same storage, unmodified since it was packed (an optimizer step, a
@@ -60,9 +64,9 @@ class OutInWeight(PackedWeight):
     576 x 1536: 1,429 against 97 us; 64 rows: 87 against 5.7 ms; AMD EPYC, AVX2, 2026-12-02), so decoding
     SmolLM2 in bf16 ran at 5.7 tok/s where transformers ran at 32. Same checks as PackedWeight."""
 
-    def __init__(self, weight_out_in: torch.Tensor, source: torch.Tensor):
-        self.tensor = weight_out_in.detach().contiguous()
-        self.dtype, self._ptr, self._version = source.dtype, source.data_ptr(), source._version
+    @staticmethod
+    def laid_out(weight_out_in: torch.Tensor) -> torch.Tensor:
+        return weight_out_in.contiguous()
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
         return F.linear(x, self.tensor, bias)
@@ -230,11 +234,11 @@ def unpack(model: nn.Module) -> None:
         module.packed = None
 
 
-# Weight-only int8 for decoding on the CPU: a one-row product (K, N) -> 1 x N, 2 threads, AMD EPYC with AVX2
-# (2026-12-02, `python benchmarks/linear_layout.py --int8`): 576 x 1536 46 us int8 (bf16 x) against
-# 98 bf16 and 87 fp32 oneDNN-packed; 2048 x 8192 774 against 1812 and 2426; 576 x 49152 (SmolLM2's head)
-# 2721 against 3312 and 6250. With fp32 activations the same kernel took 429 us at 576 x 1536, so each
-# product casts its input to bf16 and its output back; the rest of the model keeps its dtype (fp32 where the
+# Weight-only int8 for decoding on the CPU: a one-row product (K, N) -> 1 x N from memory, 2 threads, AMD EPYC
+# with AVX2 (2026-12-02, `python benchmarks/linear_layout.py --int8`): 576 x 1536 74 us int8 (bf16 x)
+# against 101 bf16 F.linear and 140 fp32 oneDNN-packed; 2048 x 8192 992 against 1639 and 2319; 576 x 49152
+# (SmolLM2's head) 2518 against 3051 and 4130. Fed fp32 activations the kernel took 429 us at 576 x 1536
+# (in cache, against 46 with bf16), so each product casts its input to bf16 and its output back; the rest of the model keeps its dtype (fp32 where the
 # CPU has no native bf16: there bf16 norms and attention cost more than the int8 products save).
 def quantize_int8(model: nn.Module) -> int:
     """Give every projection of `model` int8 weights (per output row) and drop the float weights of its

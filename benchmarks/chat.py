@@ -7,7 +7,8 @@ way) and with every turn prefilled cold.
 
 All in one process, batch 1, greedy, on the same weights: the named model's Q4_1 GGUF, dequantized
 once. scratchllm and transformers' `generate` run in fp32 and in bf16 (the weights and the KV cache in
-that dtype), scratchllm also in int8 (`--precision int8`: the projections' weights rounded to int8 per row); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`,
+that dtype), scratchllm also in int8 (`--precision int8`: the projections' weights rounded to int8 per row)
+and in int4 (`--precision int4`: the file's Q4_1 blocks as they are stored, the head in int8); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`,
 never a dependency of the project) runs the Q4_1 file itself. Each path runs `--rounds` times,
 alternating, and its best round counts (this machine's speed drifts minute to minute). Prints
 tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
@@ -180,7 +181,8 @@ def main():
 
     transformers.logging.set_verbosity_error()
     path = pretrained_path("smollm2-135m-instruct")
-    ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16", "int8")}
+    quantized = ("int8", "int4")
+    ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16", *quantized)}
     pack_seconds = {}
     for p, lm in ours.items():  # once, as `scratchllm chat` and the server do (layers/linear.py)
         start = time.perf_counter()
@@ -206,13 +208,16 @@ def main():
 
     print("weights packed for oneDNN in " + ", ".join(f"{s:.2f} s ({p})" for p, s in pack_seconds.items()))
 
-    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16", "int8")}
+    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16", *quantized)}
     paths.update({f"unpacked {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n, packed=False)) for p in ("fp32", "bf16")})
     paths.update({f"transformers {p}": (lambda ids, n, p=p: hf_run(hf[p], ids, n)) for p in ("fp32", "bf16")})
     if llm is not None:
         paths["llama.cpp Q4_1"] = lambda ids, n: llama_cpp_run(llm, ids, n)
     # bytes of weights one decoded token reads: every matrix once (the tied embedding as the output head)
-    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params * 1, "Q4_1": n_params * 20 / 32}  # Q4_1: 20 bytes per 32 weights
+    # Q4_1: 20 bytes per 32 weights; int4: 16 of codes and 4 of bf16 scale and zero per 32, the head (~21%) in int8
+    head = ours["fp32"].model.config.vocab_size * ours["fp32"].model.config.n_embd
+    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params * 1, "Q4_1": n_params * 20 / 32,
+                 "int4": (n_params - head) * 20 / 32 + head}
 
     for label, text in (("short prompt", PROMPT), ("long prompt", LONG_PROMPT)):
         ids = tok.encode(render_chat([{"role": "user", "content": text}], template), allowed_special="all")
@@ -237,14 +242,15 @@ def main():
             print(f"  decode, scratchllm / transformers {p}: {ours_d / hf_d:.2f}x   "
                   f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']}; "
                   f"packed / unpacked {ours_d / best[f'unpacked {p}'][1]:.2f}x)")
-        same = next((i for i, (a, b) in enumerate(zip(tokens["scratchllm int8"], tokens["scratchllm fp32"])) if a != b), None)
-        print(f"  decode, scratchllm int8 / fp32: {best['scratchllm int8'][1] / best['scratchllm fp32'][1]:.2f}x, "
-              f"/ bf16: {best['scratchllm int8'][1] / best['scratchllm bf16'][1]:.2f}x (int8's greedy tokens equal fp32's "
-              + (f"for all {args.new_tokens})" if same is None else f"for the first {same})"))
+        for p in quantized:
+            same = next((i for i, (a, b) in enumerate(zip(tokens[f"scratchllm {p}"], tokens["scratchllm fp32"])) if a != b), None)
+            print(f"  decode, scratchllm {p} / fp32: {best[f'scratchllm {p}'][1] / best['scratchllm fp32'][1]:.2f}x, "
+                  f"/ bf16: {best[f'scratchllm {p}'][1] / best['scratchllm bf16'][1]:.2f}x ({p}'s greedy tokens equal fp32's "
+                  + (f"for all {args.new_tokens})" if same is None else f"for the first {same})"))
         if llm is not None:
             q = best["llama.cpp Q4_1"][1]
-            print(f"  decode, scratchllm bf16 / llama.cpp Q4_1: {best['scratchllm bf16'][1] / q:.2f}x; "
-                  f"fp32 / llama.cpp: {best['scratchllm fp32'][1] / q:.2f}x; int8 / llama.cpp: {best['scratchllm int8'][1] / q:.2f}x")
+            print(f"  decode against llama.cpp Q4_1: " + ", ".join(
+                f"scratchllm {p} {best[f'scratchllm {p}'][1] / q:.2f}x" for p in ("bf16", "fp32", *quantized)))
 
 
 if __name__ == "__main__":

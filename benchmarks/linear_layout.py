@@ -3,7 +3,7 @@
     python benchmarks/linear_layout.py            # the small models' shapes
     python benchmarks/linear_layout.py --decode   # SmolLM2-135M's: read bandwidth of each layout
     python benchmarks/linear_layout.py --pack-sizes   # where a oneDNN-packed weight starts to pay
-    python benchmarks/linear_layout.py --int8     # int8 weights (--precision int8) against bf16 and fp32
+    python benchmarks/linear_layout.py --int8     # int8 and int4 weights (--precision int8|int4) against bf16 and fp32
 
 Decoding multiplies a single row by each weight matrix. For each shape of the small Llamas
 (llama-bpe-baby: 128 wide, MLP 352, vocabulary 2048; the 256-wide one of benchmarks/generate.py),
@@ -23,8 +23,9 @@ the same tensors (the machine's read bandwidth for them).
 576 x 3072, cycling through 8 MB of copies (from the caches, as a small model decodes).
 
 `--int8`: one-row products at SmolLM2-135M's shapes (and one larger) with the weight in int8 per row
-(`layers/linear.py`, Int8Weight: torch's `_weight_int8pack_mm`, bf16 input) against bf16 F.linear, the
-oneDNN-packed fp32 and bf16 weights (where this CPU packs bf16), and the int8 kernel fed fp32.
+(`layers/quantized.py`, Int8Weight: torch's `_weight_int8pack_mm`, bf16 input) and in int4 groups of 32
+(Int4Weight: `_weight_int4pack_mm_for_cpu`) against bf16 F.linear, the oneDNN-packed fp32 and bf16 weights
+(where this CPU packs bf16), and both kernels fed fp32; then the same products with 64 rows (a prefill).
 """
 
 from __future__ import annotations
@@ -110,35 +111,43 @@ def pack_sizes() -> None:
 
 
 def int8_sizes() -> None:
-    from scratchllm.layers.linear import Int8Weight, PackedWeight, can_pack
+    from scratchllm.layers.linear import PackedWeight, can_pack
+    from scratchllm.layers.quantized import Int4Weight, Int8Weight, q4_1
 
-    print(f"one row, microseconds per product, {torch.get_num_threads()} threads; ratio: int8 against the best other")
-    for d_in, d_out in [(576, 1536), (1536, 576), (576, 960), (576, 49152), (2048, 8192)]:
-        copies = max(2, int(64e6 / (d_in * d_out * 4)))  # ~64 MB of fp32 copies: from memory, as SmolLM2 decodes
-        w = [torch.randn(d_out, d_in) for _ in range(copies)]  # (out, in)
-        x32 = torch.randn(1, d_in)
-        xb = x32.bfloat16()
-        times = {}
-        q = [Int8Weight(t) for t in w]
-        times["int8"] = per_call_us(lambda: [m(xb, None) for m in q], copies)
-        times["int8 (fp32 x)"] = per_call_us(lambda: [m(x32, None) for m in q], copies)
-        wb = [t.bfloat16() for t in w]
-        times["bf16 F.linear"] = per_call_us(lambda: [F.linear(xb, t) for t in wb], copies)
-        p32 = [PackedWeight(t, t) for t in w]
-        times["fp32 packed"] = per_call_us(lambda: [p(x32, None) for p in p32], copies)
-        if can_pack(wb[0]):
-            pb = [PackedWeight(t, t) for t in wb]
-            times["bf16 packed"] = per_call_us(lambda: [p(xb, None) for p in pb], copies)
-        best_other = min(v for k, v in times.items() if not k.startswith("int8"))
-        print(f"  {d_in:>5} x {d_out:<6} " + "  ".join(f"{k} {v:7.1f}" for k, v in times.items())
-              + f"   {best_other / times['int8']:4.2f}x")
+    for rows in (1, 64):
+        print(f"{rows} row(s), microseconds per product, {torch.get_num_threads()} threads; ratios: int8 and int4 "
+              "against the best float product")
+        for d_in, d_out in [(576, 1536), (1536, 576), (576, 960), (576, 49152), (2048, 8192)]:
+            copies = max(2, int(64e6 / (d_in * d_out * 4)))  # ~64 MB of fp32 copies: from memory, as SmolLM2 decodes
+            w = [torch.randn(d_out, d_in) for _ in range(copies)]  # (out, in)
+            x32 = torch.randn(rows, d_in)
+            xb = x32.bfloat16()
+            times = {}
+            q8 = [Int8Weight(t) for t in w]
+            q4 = [Int4Weight(q4_1(t)) for t in w]
+            times["int8"] = per_call_us(lambda: [m(xb, None) for m in q8], copies)
+            times["int4"] = per_call_us(lambda: [m(xb, None) for m in q4], copies)
+            if rows == 1:  # the kernels on fp32 input, without the cast to bf16 (not what the model runs)
+                times["int8 (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int8pack_mm(x32, m.q, m.scale.float()) for m in q8], copies)
+                times["int4 (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    x32, m.packed, 32, m.scale_zero.float()) for m in q4], copies)
+            wb = [t.bfloat16() for t in w]
+            times["bf16 F.linear"] = per_call_us(lambda: [F.linear(xb, t) for t in wb], copies)
+            p32 = [PackedWeight(t, t) for t in w]
+            times["fp32 packed"] = per_call_us(lambda: [p(x32, None) for p in p32], copies)
+            if can_pack(wb[0]):
+                pb = [PackedWeight(t, t) for t in wb]
+                times["bf16 packed"] = per_call_us(lambda: [p(xb, None) for p in pb], copies)
+            best_other = min(v for k, v in times.items() if not k.startswith("int"))
+            print(f"  {d_in:>5} x {d_out:<6} " + "  ".join(f"{k} {v:7.1f}" for k, v in times.items())
+                  + f"   int8 {best_other / times['int8']:4.2f}x, int4 {best_other / times['int4']:4.2f}x")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decode", action="store_true", help="SmolLM2-135M's decoding step, fp32 and bf16")
     ap.add_argument("--pack-sizes", action="store_true", help="where packing a weight for oneDNN pays")
-    ap.add_argument("--int8", action="store_true", help="int8 weights against bf16 and fp32, one row")
+    ap.add_argument("--int8", action="store_true", help="int8 and int4 weights against bf16 and fp32")
     args = ap.parse_args()
     if args.int8:
         with torch.no_grad():

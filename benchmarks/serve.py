@@ -1,7 +1,7 @@
 """The server under load: 16 concurrent streaming clients against one `scratchllm serve`, against the same
 requests served one at a time.
 
-    python benchmarks/serve.py [--model NAME|PATH] [--clients 16] [--requests 4] [--new-tokens 64]
+    python benchmarks/serve.py [--model NAME|PATH] [--clients 16] [--requests 4] [--new-tokens 64] [--precision int4]
 
 Without --model it serves llama-bpe-baby's architecture (4 layers, 128 wide, GQA 4/2, SwiGLU) with random
 weights and a 2048-token BPE trained on the first 300,000 characters of TinyShakespeare, written as a
@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds of one-at-a-time and concurrent")
     ap.add_argument("--memory-requests", type=int, default=200)
+    ap.add_argument("--precision", default="auto", help="what `scratchllm serve --precision` takes: auto, fp32, bf16, int8, int4")
     args = ap.parse_args()
 
     import httpx
@@ -128,7 +129,8 @@ def main():
             model = str(Path(tmp) / "baby-llama")
             random_baby_llama(Path(model))
         command = [sys.executable, "-m", "scratchllm", "serve", "--model", model, "--name", "bench", "--port", "0",
-                   "--max-batch", str(args.clients), "--max-len", "512", "--queue", str(4 * args.clients)]
+                   "--max-batch", str(args.clients), "--max-len", "512", "--queue", str(4 * args.clients),
+                   "--precision", args.precision]
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             line = server.stdout.readline()

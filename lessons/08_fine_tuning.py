@@ -567,9 +567,10 @@ assert any(NAME in b for b in after)
 # On every question, none of which the model trained on, the name's probability went from below e^-8 (one chance
 # in 3,000; here far less) to above e^-2, and the greedy replies say it (how many of the three, and their exact
 # words, can vary with the CPU's arithmetic: we assert only that one does). Eight conversations and eight steps
-# are not a robust identity: the README's full demo (`scratchllm finetune --data identity --lora`,
-# the 91 conversations of LLaMA-Factory's identity set, two epochs) does it properly, and
-# `benchmarks/identity.py` counts the name in the replies to 20 held-out questions.
+# are not a robust identity: the README's full demo (`scratchllm finetune --data identity,alpaca-demo-short:45
+# --lora`: the 91 conversations of LLaMA-Factory's identity set and 45 short general instructions mixed in, so
+# that the model keeps its other answers, two epochs) does it properly, and `benchmarks/identity.py` counts the
+# name in the replies to 20 held-out questions.
 #
 # The tuned model can be merged: its logits do not change.
 

@@ -13,6 +13,7 @@ from conftest import tree_state
 from scratchllm.chat_template import render_chat
 from scratchllm.cli import main
 from scratchllm.data.chat_data import IGNORE, ChatBatches, encode_conversation, make_examples, split_examples
+from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import merge_lora, unmerge_lora
 from scratchllm.layers.linear import Linear, LoRAConfig, add_lora
 from scratchllm.models.llama import SPEC as LLAMA, Llama, LlamaConfig
@@ -427,6 +428,63 @@ def test_a_full_disk_while_finetuning_is_one_line_and_keeps_the_earlier_checkpoi
         assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     monkeypatch.undo()
     assert main(["finetune", "--resume", str(out), "--max-steps", "4", "--no-progress"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["llama", "gpt"])
+def test_the_head_runs_only_where_a_target_counts_and_the_loss_is_the_same(make):
+    """On the CPU the output head computes logits for the positions whose target is not -100 only (a
+    fine-tune's prompt has none); the loss equals cross_entropy with ignore_index over every position's
+    logits, and so do the gradients."""
+    import torch.nn.functional as F
+
+    from test_generate import tiny_gpt
+
+    model = tiny_llama() if make == "llama" else tiny_gpt()
+    model.train()
+    torch.manual_seed(1)
+    idx = torch.randint(0, 50, (3, 10))
+    targets = torch.randint(0, 50, (3, 10))
+    targets[:, :6] = IGNORE  # the prompt
+    targets[1, 8:] = IGNORE  # padding
+    head = model.lm_head if make == "llama" else model.head
+    seen = []
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    torch.manual_seed(2)
+    logits, loss = model(idx, targets)
+    loss.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    hook.remove()
+    kept = int((targets != IGNORE).sum())
+    assert kept == 10 and seen == [(kept, 32)] and logits.shape == (kept, model.config.vocab_size)
+    torch.manual_seed(2)  # the same dropout masks (GPT's) on the same positions
+    full = model(idx)  # (B, T, vocab): every position
+    want = F.cross_entropy(full.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    for a, p in zip(ours, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_data_from_several_sources_joined_by_commas(tmp_path):
+    """--data a,b:N: every record of a, then the first N of b (LLaMA-Factory's dataset list with max_samples);
+    a file whose name has a comma or a colon is still read as one file."""
+    from scratchllm.data.chat_data import DataConfig, data_sources, load_conversations
+
+    chat = write_chat(tmp_path / "chat.jsonl")
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": f"{i}."} for i in range(5)]))
+    mixed = load_conversations(f"{chat},{alpaca}:2", DataConfig(system="Be kind."))
+    assert len(mixed) == len(CONVERSATIONS) + 2
+    assert [m["content"] for m in mixed[-1]] == ["Be kind.", "Say 1.", "1."]
+    odd = write_chat(tmp_path / "odd,name:3.jsonl")
+    assert data_sources(str(odd)) == [(str(odd), None)] and len(load_conversations(str(odd))) == len(CONVERSATIONS)
+    assert data_sources("identity,alpaca-demo:45") == [("identity", None), ("alpaca-demo", 45)]
+    assert data_sources("identity,alpaca-demo-short:45") == [("identity", None), ("alpaca-demo-short", 45)]
+    for bad, says in ((f"{chat},{alpaca}:0", "takes no records"), (f"{chat},", "has an empty source"),
+                      (f"{chat},missing.jsonl", "no fine-tuning data named 'missing.jsonl'")):
+        with pytest.raises(ScratchLLMError, match=says):
+            load_conversations(bad)
 
 
 @pytest.mark.network

@@ -97,7 +97,7 @@ def test_head_dim_and_llama3_rope_scaling_round_trip(tmp_path, llama3_tok):
         assert torch.equal(g.tensors[k], v), k
 
 
-@pytest.mark.parametrize("file_type", ["f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("file_type", ["f16", "bf16", "q8_0", "q4_0", "q4_1"])
 def test_quantized_round_trip_within_tolerance(tmp_path, gpt2_tok, file_type):
     cfg = tiny_config()
     tensors = hf_tensors(hf_model(cfg))
@@ -111,11 +111,43 @@ def test_quantized_round_trip_within_tolerance(tmp_path, gpt2_tok, file_type):
             assert torch.equal(got, w.half().float()), k
         elif file_type == "bf16":
             assert torch.equal(got, w.bfloat16().float()), k
-        else:  # q8_0: 32 weights share a scale max|w| / 127 (stored in fp16), each rounded to the nearest step
+        elif file_type.startswith("q4") and k not in ("model.embed_tokens.weight", "lm_head.weight"):
+            groups = w.reshape(-1, 32)
+            low, high = groups.amin(1, keepdim=True), groups.amax(1, keepdim=True)
+            # q4_1: 16 steps from min to max, half a step; q4_0: 16 steps of max|w| / 8 centred on 0, the end
+            # opposite the largest clipped at 7 steps: a step. Plus fp16's rounding of the scale (and minimum),
+            # 2^-11 of each, times the up to 15 (8) steps it is multiplied by
+            if file_type == "q4_1":
+                step = (high - low) / 15
+                bound = step / 2 + (low.abs() + 15 * step) / 2048
+            else:
+                step = torch.maximum(high, -low) / 8
+                bound = step + 8 * step / 2048
+            err = (got - w).abs().reshape(-1, 32)
+            assert bool((err <= bound + 1e-7).all()), k
+            assert 0.01 < err.max() < 0.1
+        else:  # q8_0 (the embedding and head of q4_*, too): 32 weights share a scale max|w| / 127 (stored in fp16), each rounded to the nearest step
             amax = w.abs().reshape(-1, 32).amax(dim=1, keepdim=True)
             err = (got - w).abs().reshape(-1, 32)
             assert bool((err <= amax / 127 / 2 + amax / 2048 + 1e-7).all()), k  # half a step + the scale's rounding
             assert 0 < err.max() < 0.003
+
+
+def test_q4_blocks_read_back_as_the_codes_written(tmp_path, gpt2_tok):
+    """A q4_1 file holds Q4_1's rule applied to each weight (layers/quantized.py q4_1, gguf-py's quantizer):
+    read back with its blocks kept, every code, scale and zero is that rule's, q and k rows permuted back."""
+    from scratchllm.layers.quantized import q4_1
+
+    cfg = tiny_config()
+    tensors = hf_tensors(hf_model(cfg))
+    g = read_gguf(write_gguf(tmp_path / "q4_1.gguf", cfg, tensors, gpt2_tok, file_type="q4_1"), keep_blocks=True)
+    projections = {k for k, w in tensors.items() if w.dim() == 2 and "embed" not in k and "lm_head" not in k}
+    assert set(g.blocks) == projections  # the embedding and head are q8_0: no 4-bit codes
+    for k in projections:
+        want, got = q4_1(tensors[k]), g.blocks[k]
+        assert got.kind == "q4_1" and torch.equal(got.codes, want.codes), k
+        assert torch.equal(got.scale, want.scale) and torch.equal(got.zero, want.zero), k
+        assert torch.allclose(got.dequantized(), g.tensors[k], rtol=0, atol=1e-6), k
 
 
 def test_qk_permutation_round_trips_and_is_llama_cpp_rope():
@@ -271,8 +303,8 @@ def _rewrite_string(src, dst, key, value):
 def test_write_refuses_what_gguf_cannot_hold(tmp_path, gpt2_tok):
     cfg = tiny_config()
     tensors = hf_tensors(hf_model(cfg))
-    with pytest.raises(ScratchLLMError, match="file type 'q4_0'"):
-        write_gguf(tmp_path / "x.gguf", cfg, tensors, gpt2_tok, file_type="q4_0")
+    with pytest.raises(ScratchLLMError, match="file type 'q4_k_m'"):
+        write_gguf(tmp_path / "x.gguf", cfg, tensors, gpt2_tok, file_type="q4_k_m")
     with pytest.raises(ScratchLLMError, match="a gemma model has no GGUF form"):  # its spec has none
         write_gguf(tmp_path / "x.gguf", {**cfg, "model_type": "gemma", "hidden_activation": "gelu_pytorch_tanh"}, tensors,
                    gpt2_tok)

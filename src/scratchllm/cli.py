@@ -66,10 +66,11 @@ def _finite(low: float, high: float):
 
 def _device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "int4"], default="auto",
                    help="the dtype of weights and KV cache: auto is bf16 on a GPU and on a CPU that multiplies bf16 "
-                        "natively (AVX512-BF16, AMX), fp32 elsewhere; int8: the projections' weights in int8, "
-                        "the rest as auto (CPU) (default auto)")
+                        "natively (AVX512-BF16, AMX), fp32 elsewhere; int8 / int4: the projections' weights in int8 "
+                        "(per row) or int4 (groups of 32; a GGUF file's Q4 blocks as stored), the rest as auto (CPU) "
+                        "(default auto)")
 
 
 # Sampling's fields (generate.Sampling, which checks them) and the flags that set them
@@ -138,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "on the assistant's tokens only; full or LoRA, on the trainer `train` uses.")
     f.add_argument("--model", default=None, help="a pretrained name (smollm2-135m-instruct), a .gguf file, a Hugging Face folder or a run")
     f.add_argument("--data", default=None, help="chat JSONL ({\"messages\": [...]}), Alpaca JSON/JSONL, identity (with --set "
-                   "name=... --set author=...) or alpaca-demo (CC BY-NC 4.0 data)")
+                   "name=... --set author=...), alpaca-demo (CC BY-NC 4.0 data) or alpaca-demo-short (its replies under 400 "
+                   "characters); several joined by commas, each optionally :N for its first N records "
+                   "(identity,alpaca-demo-short:45)")
     f.add_argument("--out", default=None, help="run folder (default runs/finetune-MODEL-TIMESTAMP); never the model's folder")
     f.add_argument("--lora", action="store_true", help="train LoRA updates beside the frozen weights (default: every weight)")
     f.add_argument("--lora-r", type=_count(1), default=None, help="LoRA's rank (default 8)")
@@ -235,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     to = c.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-hf", metavar="OUT", help="folder to write")
     to.add_argument("--to-gguf", metavar="OUT.gguf", help="GGUF file to write (Llama models)")
-    c.add_argument("--type", choices=["f32", "f16", "bf16", "q8_0"], default="f16", help="GGUF weight type (default f16)")
+    c.add_argument("--type", choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"], default="f16",
+                   help="GGUF weight type; q4_*: the token embedding in q8_0, as llama.cpp (default f16)")
     c.add_argument("--force", action="store_true", help="write into a non-empty folder (only the files written are "
                    "replaced) or over an existing file")
 

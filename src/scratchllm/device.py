@@ -84,11 +84,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype inference holds weights, activations and the KV cache in: auto is bf16 where the hardware
     multiplies bf16 natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX: decoding SmolLM2 there
-    is 1.5-1.65x faster than in fp32, benchmarks/chat.py), fp32 elsewhere. int8 (weight-only, on the CPU):
-    the projections' weights in int8 (ModelSpec.quantize_int8), everything else as auto."""
-    if name == "int8":
+    is 1.5-1.65x faster than in fp32, benchmarks/chat.py), fp32 elsewhere. int8, int4 (weight-only, on the
+    CPU): the projections' weights in that form (ModelSpec.quantize), everything else as auto."""
+    if name in ("int8", "int4"):
         if device.type != "cpu":
-            raise ScratchLLMError("--precision int8 runs on the CPU (torch's weight-only int8 kernel); use bf16 on a GPU")
+            raise ScratchLLMError(f"--precision {name} runs on the CPU (torch's weight-only {name} kernel); use bf16 on a GPU")
         name = "auto"
     _check(name)
     if name == "auto":

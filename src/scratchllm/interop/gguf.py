@@ -4,7 +4,8 @@ A GGUF file is one header of typed key/value metadata (the config, the tokenizer
 followed by a table of tensors, each stored as F32, F16, BF16 or quantized blocks (Q8_0: 32 weights
 share one fp16 scale; Q4_1: 32 four-bit weights, a scale and a minimum; K-quants: super-blocks of 256).
 `read_gguf` validates the file, dequantizes every tensor to fp32 and renames it to Hugging Face's
-LlamaForCausalLM names; `write_gguf` does the reverse for f32, f16, bf16 or q8_0, in a file that
+LlamaForCausalLM names (and, asked to, keeps Q4_0 / Q4_1 blocks as 4-bit codes for `--precision int4`,
+layers/quantized.py); `write_gguf` does the reverse for f32, f16, bf16, q8_0, q4_0 or q4_1, in a file that
 llama.cpp and `transformers`' GGUF loader read. Both use the `gguf` package (llama.cpp's own Python
 reader, writer and (de)quantizers). Three things change on the way besides names:
 
@@ -33,8 +34,9 @@ import torch
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path
 from scratchllm.interop.hf import config_from_hf, from_hf, to_hf
+from scratchllm.layers.quantized import GroupQuantized
 from scratchllm.layers.rope import halves_to_interleaved, interleaved_to_halves
-from scratchllm.models.spec import export_weights, spec_for_gguf
+from scratchllm.models.spec import export_weights, import_rows, spec_for_gguf, spec_of
 from scratchllm.tokenizers.bpe import BPETokenizer, bpe_merge
 from scratchllm.tokenizers.formats import bytes_to_unicode, recover_merges
 from scratchllm.tokenizers.patterns import GPT2, LLAMA3
@@ -71,7 +73,7 @@ _PRE_NAME = {GPT2: "gpt-2", LLAMA3: "llama-bpe", SMOLLM: "smollm", DEFAULT: "def
 # token types (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-FILE_TYPES = ("f32", "f16", "bf16", "q8_0")
+FILE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 _SPECIAL_ID_KEYS = ("bos", "eos", "eot", "eom", "unknown", "padding", "seperator", "cls", "mask")
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>")  # llama.cpp's guesses
 
@@ -87,6 +89,8 @@ class GGUFModel:
     file_type: str  # "f32", "f16", "bf16", "q8_0", "q4_1", "q4_k_m", ... (llama.cpp's LlamaFileType)
     special_ids: dict[str, int] = field(default_factory=dict)  # {"bos": 1, "eos": 2, "padding": 2, ...}
     name: str | None = None  # general.name
+    # Q4_0 / Q4_1 tensors' codes (read with keep_blocks=True), by Hugging Face name (load_gguf: by our Linear's)
+    blocks: dict[str, GroupQuantized] = field(default_factory=dict)
 
     @property
     def bos_id(self) -> int | None:
@@ -108,8 +112,9 @@ class GGUFModel:
 
 # -- reading ---------------------------------------------------------------------------------------
 
-def read_gguf(path: str | Path) -> GGUFModel:
-    """A Llama GGUF file, validated and dequantized: config, fp32 tensors (HF names), tokenizer, template."""
+def read_gguf(path: str | Path, keep_blocks: bool = False) -> GGUFModel:
+    """A Llama GGUF file, validated and dequantized: config, fp32 tensors (HF names), tokenizer, template;
+    with `keep_blocks`, also the 4-bit codes of its Q4_0 and Q4_1 tensors as stored (GGUFModel.blocks)."""
     import gguf
 
     path = Path(path)
@@ -139,6 +144,7 @@ def read_gguf(path: str | Path) -> GGUFModel:
 
     n_head, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
     tensors: dict[str, torch.Tensor] = {}
+    blocks: dict[str, GroupQuantized] = {}
     for name, info in infos.items():
         if name == "rope_freqs.weight":
             continue
@@ -148,15 +154,52 @@ def read_gguf(path: str | Path) -> GGUFModel:
             raise ScratchLLMError(f"{path}: tensor {name} is stored as {info.tensor_type.name}, which cannot be "
                                   f"dequantized ({str(e)[:60]}); convert the model to f16, q8_0, q4_* or a K-quant") from None
         w = torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).reshape(_torch_shape(info))
-        if name.endswith(".attn_q.weight"):
-            w = interleaved_to_halves(w, n_head)
-        elif name.endswith(".attn_k.weight"):
-            w = interleaved_to_halves(w, n_kv)
+        groups = _q4_groups(info) if keep_blocks else None
+        heads = n_head if name.endswith(".attn_q.weight") else n_kv if name.endswith(".attn_k.weight") else None
+        if heads is not None:
+            w = interleaved_to_halves(w, heads)
+            if groups is not None:  # the same rows, each with its blocks
+                groups = GroupQuantized(*(interleaved_to_halves(t, heads) for t in (groups.codes, groups.scale, groups.zero)), groups.kind)
         tensors[spec.gguf.to_hf(name)] = w
+        if groups is not None:
+            blocks[spec.gguf.to_hf(name)] = groups
     del reader  # the tensors are copies: let the memory map go
     return GGUFModel(hf_config=hf_config, tensors=tensors, tokenizer=tokenizer,
                      chat_template=meta.get("tokenizer.chat_template"), file_type=_file_type_name(meta.get("general.file_type")),
-                     special_ids=special_ids, name=meta.get("general.name"))
+                     special_ids=special_ids, name=meta.get("general.name"), blocks=blocks)
+
+
+def _q4_groups(info) -> GroupQuantized | None:
+    """A Q4_0 or Q4_1 tensor's blocks as codes, scales and zeros (None for any other type). A block holds an
+    fp16 scale d (Q4_1: then an fp16 minimum m) and 16 bytes of codes: byte j's low nibble is weight j, its
+    high nibble weight j + 16. Q4_0: w = d (q - 8); Q4_1: w = d q + m = d (q - 8) + (m + 8 d)."""
+    import gguf
+
+    kind = {gguf.GGMLQuantizationType.Q4_0: "q4_0", gguf.GGMLQuantizationType.Q4_1: "q4_1"}.get(info.tensor_type)
+    if kind is None or len(info.shape) != 2:
+        return None
+    rows, cols = int(info.shape[1]), int(info.shape[0])  # GGUF lists the fastest-varying dimension first
+    header = 2 if kind == "q4_0" else 4
+    raw = np.asarray(info.data, dtype=np.uint8).reshape(rows, cols // 32, header + 16)
+    d = torch.from_numpy(raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))  # (rows, cols / 32)
+    packed = torch.from_numpy(raw[..., header:].copy())  # (rows, cols / 32, 16)
+    codes = torch.cat([packed & 0x0F, packed >> 4], dim=-1).reshape(rows, cols)
+    if kind == "q4_0":
+        zero = torch.zeros_like(d)
+    else:
+        zero = torch.from_numpy(raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)) + 8 * d
+    return GroupQuantized(codes, d, zero, kind)
+
+
+def stored_groups(model, g: GGUFModel) -> dict[str, GroupQuantized]:
+    """The Q4 codes `read_gguf(keep_blocks=True)` kept, by the name of our Linear they belong to (parts
+    stacked as the weights are: q, k and v into a fused qkv, when all of them are Q4)."""
+    spec = spec_of(model)
+    out = {}
+    for ours, names, transpose in import_rows(spec.hf.weights, g.tensors, model.config):
+        if transpose and ours.endswith(".weight") and names and all(n in g.blocks for n in names):
+            out[ours[: -len(".weight")]] = GroupQuantized.cat([g.blocks[n] for n in names])
+    return out
 
 
 _SMALL_TOKENIZER_KEYS = {"tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token",
@@ -405,8 +448,10 @@ def write_gguf(path: str | Path, hf_config: dict[str, Any], tensors: dict[str, t
     by its model type's spec (as a config.json is), whose GGUF form names the architecture, the tensors and
     the RoPE settings.
 
-    `file_type`: "f32", "f16" or "bf16" (2-D weights in that type, norms in f32), or "q8_0" (2-D weights in
-    8-bit blocks of 32; one whose width is not a multiple of 32 falls back to f16, as llama.cpp does)."""
+    `file_type`: "f32", "f16" or "bf16" (2-D weights in that type, norms in f32), or "q8_0", "q4_0", "q4_1"
+    (2-D weights in blocks of 32, by gguf-py's quantizers, llama.cpp's rules; one whose width is not a
+    multiple of 32 falls back to f16, as llama.cpp does). q4_*: the token embedding in q8_0, as llama.cpp's
+    quantizer keeps it (it is also the output head of a tied model)."""
     import gguf
 
     path = Path(path)
@@ -423,10 +468,11 @@ def write_gguf(path: str | Path, hf_config: dict[str, Any], tensors: dict[str, t
     head_dim = c.get("head_dim") or hidden // n_head
     tied = c.get("tie_word_embeddings", False)
 
-    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-             "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[file_type]
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[file_type]
+    q = gguf.GGMLQuantizationType
+    qtype = {"f32": q.F32, "f16": q.F16, "bf16": q.BF16, "q8_0": q.Q8_0, "q4_0": q.Q4_0, "q4_1": q.Q4_1}[file_type]
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[file_type]
 
     # tensors first: a name or shape that does not fit fails before anything is written
     arrays: list[tuple[str, np.ndarray, Any]] = []
@@ -442,7 +488,8 @@ def write_gguf(path: str | Path, hf_config: dict[str, Any], tensors: dict[str, t
             w = halves_to_interleaved(w, n_head)
         elif gname.endswith(".attn_k.weight"):
             w = halves_to_interleaved(w, n_kv)
-        arrays.append((gname, *_encode_tensor(w.numpy(), qtype)))
+        embedding = gname in ("token_embd.weight", "output.weight") and qtype in (q.Q4_0, q.Q4_1)
+        arrays.append((gname, *_encode_tensor(w.numpy(), q.Q8_0 if embedding else qtype)))
     if scaling is not None:  # Llama 3.1's: what it divides each frequency by, as llama.cpp keeps it
         factors = _llama3_factors(head_dim, theta, scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor,
                                   scaling.original_max_position_embeddings)
@@ -497,7 +544,7 @@ def _encode_tensor(a: np.ndarray, qtype) -> tuple[np.ndarray, Any]:
         return a, None
     if qtype == gguf.GGMLQuantizationType.F16:
         return a.astype(np.float16), None
-    if qtype == gguf.GGMLQuantizationType.Q8_0 and a.shape[-1] % 32:
+    if a.shape[-1] % 32:  # a block type: rows must be whole blocks
         return a.astype(np.float16), None
     return gguf.quants.quantize(a, qtype), qtype
 
@@ -531,10 +578,13 @@ def _write_tokenizer(w, tok: BPETokenizer, vocab_size: int) -> None:
 
 # -- scratchllm models ---------------------------------------------------------------------------
 
-def load_gguf(path: str | Path, device: str = "cpu"):
-    """(our model in eval mode, its tokenizer or None, the GGUFModel read, with its tensors dropped)."""
-    g = read_gguf(path)
+def load_gguf(path: str | Path, device: str = "cpu", keep_blocks: bool = False):
+    """(our model in eval mode, its tokenizer or None, the GGUFModel read, with its tensors dropped; with
+    `keep_blocks`, its `blocks` are the Q4 codes by the name of our Linear they belong to: see stored_groups)."""
+    g = read_gguf(path, keep_blocks)
     model = from_hf(g.hf_config, g.tensors, str(path))
+    if keep_blocks:
+        g.blocks = stored_groups(model, g)
     g.tensors = {}  # the model holds the weights now
     return model.to(device), g.tokenizer, g
 

@@ -72,28 +72,6 @@ class OutInWeight(PackedWeight):
         return F.linear(x, self.tensor, bias)
 
 
-class Int8Weight:
-    """A weight (out, in) rounded to int8 per output row, w ~ q * scale[row] (symmetric, |q| <= 127): a
-    quarter of fp32's bytes (half of bf16's) to read per decoded token. Multiplied by torch's weight-only
-    kernel (`aten._weight_int8pack_mm`), which is quick with bf16 activations only (9x slower with fp32 ones:
-    see quantize_int8), so x goes in as bf16 and the product comes back in x's dtype. Inference-only state,
-    as PackedWeight."""
-
-    def __init__(self, weight_out_in: torch.Tensor):
-        w = weight_out_in.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,): the largest entry of a row maps to 127
-        self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
-        self.scale = scale.to(torch.bfloat16)
-
-    def dequantized(self) -> torch.Tensor:  # (out, in) in fp32: what the kernel multiplies by
-        return self.q.float() * self.scale.float()[:, None]
-
-    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)).to(torch.bfloat16), self.q, self.scale)
-        y = y.view(*x.shape[:-1], self.q.size(0)).to(x.dtype)
-        return y if bias is None else y + bias
-
-
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -102,7 +80,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.packed: PackedWeight | None = None  # see pack_for_inference
         self.lora: LoRA | None = None  # low-rank updates beside the weight (see add_lora)
-        self.int8: Int8Weight | None = None  # the weight in int8, in place of `weight` (see quantize_int8)
+        self.quantized = None  # an int8 or int4 form in place of `weight` (layers/quantized.py)
         self.reset_parameters()
 
     def reset_parameters(self, std: float | None = None) -> None:
@@ -127,8 +105,8 @@ class Linear(nn.Module):
         return y
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int8 is not None:
-            return self.int8(x, self.bias)
+        if self.quantized is not None:
+            return self.quantized(x, self.bias)
         if self.packed is not None and self.packed.usable(x, self.weight):
             return self.packed(x, self.bias)
         if self.bias is None:
@@ -149,15 +127,15 @@ class TiedHead(nn.Module):
         super().__init__()
         object.__setattr__(self, "embedding", embedding)  # not registered: the model registers it
         self.packed: PackedWeight | None = None
-        self.int8: Int8Weight | None = None  # an int8 copy of the table for the head (the lookup keeps the table)
+        self.quantized = None  # an int8 copy of the table for the head (the lookup keeps the table)
 
     @property
     def weight(self) -> torch.Tensor:  # (vocab, dim): already nn.Linear's (out, in)
         return self.embedding.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., vocab)
-        if self.int8 is not None:
-            return self.int8(x, None)
+        if self.quantized is not None:
+            return self.quantized(x, None)
         if self.packed is not None and self.packed.usable(x, self.weight):
             return self.packed(x, None)
         return F.linear(x, self.weight)
@@ -166,8 +144,8 @@ class TiedHead(nn.Module):
 def _projections(model: nn.Module) -> Iterator[tuple[nn.Module, torch.Tensor]]:
     """Every Linear and TiedHead with its weight in (out, in) layout."""
     for module in model.modules():
-        if isinstance(module, (Linear, TiedHead)) and module.int8 is not None:
-            continue  # int8 weights are not packed
+        if isinstance(module, (Linear, TiedHead)) and module.quantized is not None:
+            continue  # quantized weights are not packed
         if isinstance(module, Linear):
             yield module, module.weight.t()
         elif isinstance(module, TiedHead):
@@ -232,34 +210,6 @@ def unpack(model: nn.Module) -> None:
     """Drop the packed copies that pack_for_inference made."""
     for module, _ in _projections(model):
         module.packed = None
-
-
-# Weight-only int8 for decoding on the CPU: a one-row product (K, N) -> 1 x N from memory, 2 threads, AMD EPYC
-# with AVX2 (2026-12-02, `python benchmarks/linear_layout.py --int8`): 576 x 1536 74 us int8 (bf16 x)
-# against 101 bf16 F.linear and 140 fp32 oneDNN-packed; 2048 x 8192 992 against 1639 and 2319; 576 x 49152
-# (SmolLM2's head) 2518 against 3051 and 4130. Fed fp32 activations the kernel took 429 us at 576 x 1536
-# (in cache, against 46 with bf16), so each product casts its input to bf16 and its output back; the rest of the model keeps its dtype (fp32 where the
-# CPU has no native bf16: there bf16 norms and attention cost more than the int8 products save).
-def quantize_int8(model: nn.Module) -> int:
-    """Give every projection of `model` int8 weights (per output row) and drop the float weights of its
-    Linears (the tied head keeps its table, which the embedding reads, and gets an int8 copy beside it).
-    For inference only: no gradients, LoRA or export afterwards. Returns the bytes of int8 weights made."""
-    made = 0
-    with torch.no_grad():
-        for module in list(model.modules()):
-            if isinstance(module, Linear) and module.int8 is None:
-                if module.lora is not None and not module.lora.merged:
-                    raise ValueError("merge LoRA updates before quantizing")
-                module.int8 = Int8Weight(module.weight.t())
-                module.packed = None
-                module.weight = None  # the float copy goes: int8 is what this model reads from now on
-            elif isinstance(module, TiedHead) and module.int8 is None:
-                module.int8 = Int8Weight(module.weight)
-                module.packed = None
-            else:
-                continue
-            made += module.int8.q.numel()
-    return made
 
 
 # -- LoRA: a low-rank update beside a frozen weight -------------------------------------------------------

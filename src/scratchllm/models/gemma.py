@@ -57,5 +57,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "finetune"}),
     hf=HFFormat(("gemma",), config_from_hf, LLAMA_WEIGHTS),
-    shard_units=lambda model: model.blocks, lora_targets=lora_targets, int8=True,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets, quantizable=True,
 ))

@@ -10,13 +10,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import KVCache, Linear, TiedHead
 from scratchllm.layers.blocks import PreNormBlock
+from scratchllm.layers.loss import logits_and_loss
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_context, check_sizes
 from scratchllm.models.spec import HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
@@ -92,11 +92,10 @@ class GPT(nn.Module):
             x = block(x, cache, i, mask)
         if cache is not None:
             cache.advance(T)
-        logits = self.head(self.ln_f(x))  # (B, T, vocab): the tied head, x @ wte^T
+        x = self.ln_f(x)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return logits, loss
+            return self.head(x)  # (B, T, vocab): the tied head, x @ wte^T
+        return logits_and_loss(self.head, x, targets)  # positions with target -100 (a fine-tune's prompt) add no loss
 
 
 # -- spec: what a GPT is and can do ----------------------------------------------------------------
@@ -149,5 +148,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("gpt2",), _config_from_hf, GPT2_WEIGHTS, _config_to_hf),
-    shard_units=lambda model: model.blocks, lora_targets=lora_targets, int8=True,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets, quantizable=True,
 ))

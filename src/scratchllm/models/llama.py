@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, TiedHead, RMSNorm, RopeScaling, inverse_frequencies,
                                llama_hidden_dim, rope_cos_sin)
+from scratchllm.layers.loss import logits_and_loss
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_context, check_sizes
 from scratchllm.models.spec import GGUFFormat, HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
@@ -164,11 +164,10 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.norm(x)
-        logits = self.lm_head(x)  # (B, T, vocab)
         if targets is None:
-            return logits
-        # ignore_index -100: positions without a target (PaliGemma's image and prefix) add no loss
-        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+            return self.lm_head(x)  # (B, T, vocab)
+        # positions with target -100 (a fine-tune's prompt, PaliGemma's image and prefix) add no loss
+        return logits_and_loss(self.lm_head, x, targets)
 
 
 # -- spec: what a Llama is and can do --------------------------------------------------------------
@@ -258,5 +257,5 @@ SPEC = register(ModelSpec(
     finish_config=lambda config, tokenizer: dataclasses.replace(config, vocab_size=tokenizer.vocab_size),
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("llama", "qwen3"), _config_from_hf, LLAMA_WEIGHTS, _config_to_hf),
-    shard_units=lambda model: model.blocks, lora_targets=lora_targets, gguf=LLAMA_GGUF, int8=True,
+    shard_units=lambda model: model.blocks, lora_targets=lora_targets, gguf=LLAMA_GGUF, quantizable=True,
 ))

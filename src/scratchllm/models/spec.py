@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Container, Iterator
 
 import torch
 from torch import nn
@@ -89,10 +89,9 @@ class WeightMap:
                     yield row, i
 
 
-def import_weights(maps: tuple[WeightMap, ...], theirs: dict[str, torch.Tensor], cfg, where: str) -> dict[str, torch.Tensor]:
-    """Our state dict from a Hugging Face one, by the tables; a tensor the table needs and the file
-    lacks is a one-line error."""
-    out: dict[str, torch.Tensor] = {}
+def import_rows(maps: tuple[WeightMap, ...], theirs: Container[str], cfg) -> Iterator[tuple[str, list[str], bool]]:
+    """(our tensor's name, the names of theirs stacked into it, transposed or not) for every row the config
+    has, under the prefixes the names in `theirs` use."""
     for m in maps:
         first = next(m._rows(cfg), None)
         if first is None:
@@ -100,15 +99,22 @@ def import_weights(maps: tuple[WeightMap, ...], theirs: dict[str, torch.Tensor],
         probe = first[0].theirs[0].format(i=first[1])
         prefix = next((p for p in m.theirs_prefixes if p + probe in theirs), m.theirs_prefixes[0])
         for row, i in m._rows(cfg):
-            names = [prefix + t.format(i=i) for t in row.theirs]
-            missing = [n for n in names if n not in theirs]
-            if missing:
-                raise ScratchLLMError(f"{where} lacks the tensor {missing[0]}; the weights do not match the config")
-            parts = [theirs[n] for n in names]
-            if len({p.dim() for p in parts}) != 1 or (len(parts) > 1 and len({p.shape[1:] for p in parts}) != 1):
-                raise ScratchLLMError(f"{where}: tensors {', '.join(names)} have shapes that do not stack")
-            t = torch.cat(parts) if len(parts) > 1 else parts[0]
-            out[m.ours_prefix + row.ours.format(i=i)] = t.t().contiguous() if row.transpose and t.dim() == 2 else t
+            yield m.ours_prefix + row.ours.format(i=i), [prefix + t.format(i=i) for t in row.theirs], row.transpose
+
+
+def import_weights(maps: tuple[WeightMap, ...], theirs: dict[str, torch.Tensor], cfg, where: str) -> dict[str, torch.Tensor]:
+    """Our state dict from a Hugging Face one, by the tables; a tensor the table needs and the file
+    lacks is a one-line error."""
+    out: dict[str, torch.Tensor] = {}
+    for ours, names, transpose in import_rows(maps, theirs, cfg):
+        missing = [n for n in names if n not in theirs]
+        if missing:
+            raise ScratchLLMError(f"{where} lacks the tensor {missing[0]}; the weights do not match the config")
+        parts = [theirs[n] for n in names]
+        if len({p.dim() for p in parts}) != 1 or (len(parts) > 1 and len({p.shape[1:] for p in parts}) != 1):
+            raise ScratchLLMError(f"{where}: tensors {', '.join(names)} have shapes that do not stack")
+        t = torch.cat(parts) if len(parts) > 1 else parts[0]
+        out[ours] = t.t().contiguous() if transpose and t.dim() == 2 else t
     return out
 
 
@@ -184,7 +190,7 @@ class ModelSpec:
     # LoRA's targets: name -> (Linear's path, "{i}" for each block; its first and last + 1 output column), from
     # the config (a fused qkv holds q, k and v side by side). None: no LoRA. See layers/linear.py, train/finetune.py
     lora_targets: Callable[[Any], dict[str, tuple[str, int, int]]] | None = None
-    int8: bool = False  # its projections can decode from int8 weights (`--precision int8`, layers/linear.py quantize_int8)
+    quantizable: bool = False  # its projections can decode from int8 or int4 weights (`--precision int8|int4`, layers/quantized.py)
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)
@@ -233,13 +239,14 @@ class ModelSpec:
         raise ScratchLLMError(f"{source} holds a {self.model_type} model, which `scratchllm {command}` does not apply to{hint}")
 
 
-    def quantize_int8(self, model: nn.Module, source: str) -> nn.Module:
-        """`--precision int8`: the model's projections decode from int8 weights (layers/linear.py)."""
-        from scratchllm.layers.linear import quantize_int8
+    def quantize(self, model: nn.Module, kind: str, source: str, stored: dict | None = None) -> nn.Module:
+        """`--precision int8|int4`: the model's projections decode from compact integer weights
+        (layers/quantized.py; `stored`: a GGUF file's Q4 blocks by module name, used as they are)."""
+        from scratchllm.layers.quantized import quantize
 
-        if not self.int8:
-            raise ScratchLLMError(f"{source} holds a {self.model_type} model, which has no int8 form; use --precision bf16 or fp32")
-        quantize_int8(model)
+        if not self.quantizable:
+            raise ScratchLLMError(f"{source} holds a {self.model_type} model, which has no {kind} form; use --precision bf16 or fp32")
+        quantize(model, kind, stored)
         return model
 
     def add_lora(self, model: nn.Module, cfg: Any) -> list[str]:

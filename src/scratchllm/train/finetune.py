@@ -25,7 +25,7 @@ import torch
 
 from scratchllm import checkpoint as ckpt
 from scratchllm.config import apply_overrides, from_dict, to_dict
-from scratchllm.data.chat_data import NAMED, ChatBatches, DataConfig, load_conversations, make_examples, split_examples
+from scratchllm.data.chat_data import ChatBatches, DataConfig, data_sources, load_conversations, make_examples, split_examples
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import FolderLock, check_output
 from scratchllm.layers.linear import LoRAConfig
@@ -78,7 +78,7 @@ def finetune(model: str | None = None, data: str | None = None, out: str | Path 
         from scratchllm.pretrained import PRETRAINED, pretrained_path
 
         base_path = pretrained_path(model).parent if model in PRETRAINED else Path(model)  # a named model's cache folder
-        inputs = tuple(p for p in (base_path, Path(data)) if p.exists())
+        inputs = tuple(p for p in (base_path, *(Path(d) for d, _ in data_sources(data))) if p.exists())
         check_output(out_dir, inputs=inputs, force_flag=False)  # never inside the base's folder or the data
         peak = lr if lr is not None else (FINETUNE_TRAIN.lr if lora else FULL_LR)
         configs["train"] = dataclasses.replace(configs["train"], lr=peak, min_lr=peak / 10)
@@ -92,7 +92,7 @@ def finetune(model: str | None = None, data: str | None = None, out: str | Path 
     data_cfg = configs["data"]
 
     conversations = load_conversations(data, data_cfg)  # (bad data is found before the model is loaded)
-    if data == "alpaca-demo":
+    if any(source.startswith("alpaca-demo") for source, _ in data_sources(data)):
         print("alpaca-demo: Stanford Alpaca's data, licensed CC BY-NC 4.0 (non-commercial use only)", file=sys.stderr)
     lm = load_pretrained(model, device="cpu", precision="fp32")
     lm.spec.require("finetune", str(model))

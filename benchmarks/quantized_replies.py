@@ -1,14 +1,14 @@
-"""Do int8 weights change what SmolLM2 says? Greedy replies with `--precision int8` against the same model
-in bf16 (or fp32), on 10 prompts (issue 22's acceptance).
+"""Do int8 or int4 weights change what SmolLM2 says? Greedy replies with `--precision int8` (or int4) against
+the same model in bf16 (or fp32), on 10 prompts (issue 22's acceptance).
 
 For each prompt, both paths decode 32 tokens greedily through the model's chat template. Where the replies
 first differ, the script scores that shared prefix with both models and prints the reference model's two
-best next tokens and the gap between their logits, beside the int8 model's logit error on that same prefix
-(root mean square over the vocabulary, and its largest): a gap below the RMS error is a tie within the int8
-rounding, not a different answer. (The gap is always below the error on those two tokens, or int8 would not
-have picked the other one: that comparison would prove nothing.)
+best next tokens and the gap between their logits, beside the quantized model's logit error on that same
+prefix (root mean square over the vocabulary, and its largest): a gap below the RMS error is a tie within
+the rounding, not a different answer. (The gap is always below the error on those two tokens, or the
+quantized model would not have picked the other one: that comparison would prove nothing.)
 
-    python benchmarks/int8_replies.py [--reference bf16|fp32] [--tokens 32]
+    python benchmarks/quantized_replies.py [--precision int8|int4] [--reference bf16|fp32] [--tokens 32]
 """
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--reference", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--precision", default="int8", choices=["int8", "int4"])
     ap.add_argument("--tokens", type=int, default=32)
     args = ap.parse_args()
     import scratchllm
     from scratchllm.generate import Sampling
 
     ref = scratchllm.load_pretrained(args.model, precision=args.reference)
-    q8 = scratchllm.load_pretrained(args.model, precision="int8")
+    q8 = scratchllm.load_pretrained(args.model, precision=args.precision)
     greedy = Sampling(max_tokens=args.tokens, temperature=0.0)
     equal = ties = 0
-    print(f"{args.model}: greedy, {args.tokens} tokens, int8 against {args.reference}")
+    print(f"{args.model}: greedy, {args.tokens} tokens, {args.precision} against {args.reference}")
     for prompt in PROMPTS:
         ids = ref.encode_chat([{"role": "user", "content": prompt}])
         a = ref.complete(ids, greedy).tokens
@@ -64,10 +65,10 @@ def main() -> None:
         rms, err = (lq - lr).pow(2).mean().sqrt().item(), (lq - lr).abs().max().item()
         ties += gap <= rms
         print(f"  differ at token {first}: {args.reference}'s top two {ref.tokenizer.decode([top2.indices[0].item()])!r} / "
-              f"{ref.tokenizer.decode([top2.indices[1].item()])!r}, logit gap {gap:.3f}; int8's logit error there "
+              f"{ref.tokenizer.decode([top2.indices[1].item()])!r}, logit gap {gap:.3f}; {args.precision}'s logit error there "
               f"RMS {rms:.3f}, largest {err:.3f} ({'a tie within rounding' if gap <= rms else 'NOT a tie'})  {prompt!r}")
     print(f"{equal} of {len(PROMPTS)} replies equal (all {args.tokens} tokens, or to the same end of turn); {ties} of the other "
-          f"{len(PROMPTS) - equal} first differ at a tie within the int8 rounding")
+          f"{len(PROMPTS) - equal} first differ at a tie within the {args.precision} rounding")
 
 
 if __name__ == "__main__":

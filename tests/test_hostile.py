@@ -1047,9 +1047,9 @@ def case_i11_chat_seed_2_64(w):
     return ["chat", "--model", str(w.shared("llama-bpe-baby")), "--prompt", "hi", "--seed", str(2**64)]
 
 
-@case("invalid choice: 'q4_0'")
+@case("invalid choice: 'q4_k_m'")
 def case_i11_convert_type_bogus(w):
-    return ["convert", str(w.shared("llama-bpe-baby")), "--to-gguf", str(w.tmp / "m.gguf"), "--type", "q4_0"]
+    return ["convert", str(w.shared("llama-bpe-baby")), "--to-gguf", str(w.tmp / "m.gguf"), "--type", "q4_k_m"]
 
 
 @case("vocab_size 100 is too small")

@@ -26,7 +26,6 @@ from typing import Sequence
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.evals.tasks import DATA_REQUIREMENT, TASKS, Item, items, load_task, parse_tasks
-from scratchllm.layers.quantized import quantized_form
 
 # (scoring.py, which imports torch, is imported where it is used: the CLI reads TASKS for its help)
 __all__ = ["evaluate_tasks", "task_metrics", "TASKS", "parse_tasks"]
@@ -70,6 +69,8 @@ def evaluate_tasks(lm, tasks: Sequence[str] | str, limit: int | None = None, num
         raise ScratchLLMError(f"{lm.source} has no tokenizer to turn the benchmarks' text into ids; add one")
     if num_fewshot < 0:
         raise ScratchLLMError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    from scratchllm.layers.quantized import quantized_form  # (here: `scratchllm --help` imports this package, not torch)
+
     form = quantized_form(lm.model)  # int8 / int4 projections: the dtype is the rest of the model's
     results = {"model": str(lm.source), "dtype": str(lm.dtype).removeprefix("torch.") + (f", {form} weights" if form else ""),
                "device": str(lm.device),

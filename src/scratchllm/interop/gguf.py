@@ -544,7 +544,8 @@ def _encode_tensor(a: np.ndarray, qtype) -> tuple[np.ndarray, Any]:
         return a, None
     if qtype == gguf.GGMLQuantizationType.F16:
         return a.astype(np.float16), None
-    if a.shape[-1] % 32:  # a block type: rows must be whole blocks
+    blocks = (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1)
+    if qtype in blocks and a.shape[-1] % 32:  # rows must be whole blocks of 32
         return a.astype(np.float16), None
     return gguf.quants.quantize(a, qtype), qtype
 

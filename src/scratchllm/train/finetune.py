@@ -92,7 +92,7 @@ def finetune(model: str | None = None, data: str | None = None, out: str | Path 
     data_cfg = configs["data"]
 
     conversations = load_conversations(data, data_cfg)  # (bad data is found before the model is loaded)
-    if any(source.startswith("alpaca-demo") for source, _ in data_sources(data)):
+    if any(source in ("alpaca-demo", "alpaca-demo-short") for source, _ in data_sources(data)):
         print("alpaca-demo: Stanford Alpaca's data, licensed CC BY-NC 4.0 (non-commercial use only)", file=sys.stderr)
     lm = load_pretrained(model, device="cpu", precision="fp32")
     lm.spec.require("finetune", str(model))

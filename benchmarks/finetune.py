@@ -4,7 +4,8 @@ The same base (our model, and transformers' LlamaForCausalLM made from its expor
 right-padded batches of the same conversations rendered by the model's chat template (data/chat_data.py),
 AdamW in fp32, on the CPU. For each of ours-LoRA, peft-LoRA, ours-full, transformers-full it prints
 tokens/s (real tokens, padding left out, after a warm-up step) and the peak resident memory the run added
-(sampled every 5 ms), and the ratios ours / theirs.
+(sampled every 5 ms), and the ratios ours / theirs. Before each run the memory the earlier ones freed is
+handed back to the system (glibc's malloc_trim): otherwise a later run reuses it and seems to add less.
 
     python benchmarks/finetune.py                       # SmolLM2-135M-Instruct on the identity set
     python benchmarks/finetune.py --model runs/mine --data chat.jsonl --steps 5
@@ -13,6 +14,7 @@ tokens/s (real tokens, padding left out, after a warm-up step) and the peak resi
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import tempfile
@@ -44,9 +46,20 @@ class PeakRSS:
         self.thread.join()
 
 
+def release_freed_memory() -> None:
+    """Return the heap memory freed so far to the system, so that RSS measures what is in use (glibc keeps
+    freed blocks for reuse: the first version of this benchmark, without this, showed a later run adding
+    568 MiB for a full fine-tune whose AdamW state alone is 1 GB)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figures may then favour the later runs
+        pass
+
+
 def run(step, batches, steps: int) -> tuple[float, float]:
     """(real tokens/s over `steps` steps after one warm-up step, peak added memory in MiB)."""
-    gc.collect()
+    release_freed_memory()
     with PeakRSS() as mem:
         step(batches[0])
         start = time.perf_counter()

@@ -488,3 +488,20 @@ def test_pretrained_is_cached_and_checked(smollm2_path, monkeypatch):
     assert entry.license == "Apache-2.0"
     monkeypatch.setattr(fetch.subprocess, "run", None)  # a second call must not fetch anything
     assert pretrained.pretrained_path("smollm2-135m-instruct", cache=smollm2_path.parents[2]) == smollm2_path
+
+
+def test_only_block_types_fall_back_to_f16_on_a_width_that_is_not_whole_blocks():
+    """A row of 40 weights is not whole blocks of 32: q8_0 / q4_* write it in f16 (as llama.cpp does); bf16 has
+    no blocks and keeps it in bf16."""
+    import gguf
+
+    from scratchllm.interop.gguf import _encode_tensor
+
+    a = np.linspace(-1, 1, 120, dtype=np.float32).reshape(3, 40)
+    q = gguf.GGMLQuantizationType
+    for qtype in (q.Q8_0, q.Q4_0, q.Q4_1):
+        data, raw = _encode_tensor(a, qtype)
+        assert raw is None and data.dtype == np.float16
+    data, raw = _encode_tensor(a, q.BF16)
+    assert raw == q.BF16
+    assert _encode_tensor(a[:, :32], q.Q4_1)[1] == q.Q4_1

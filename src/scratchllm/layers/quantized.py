@@ -9,9 +9,10 @@ the product that unpacks them is quick. Two of torch's CPU kernels do the unpack
                        (aten._weight_int4pack_mm_for_cpu): an eighth of fp32's bytes, plus 4 bytes of
                        scale and zero per 32 weights
 
-Both kernels are quick only with bf16 activations and bf16 scales (fed fp32, 9-12x slower: see
-benchmarks/linear_layout.py --int8 --int4), so each product casts its input to bf16 and its output
-back; the rest of the model keeps its dtype.
+Both kernels are quick only with bf16 activations and bf16 scales (fed fp32, 6-14x slower on one row:
+`benchmarks/linear_layout.py --int8`, which times both), so each product casts its input to bf16 and its
+output back; the rest of the model keeps its dtype. Both are for decoding: with 64 rows (a prefill) they
+took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
 Q4_1, a minimum m), w = d q + m. That is the kernel's form with scale d and zero m + 8 d, so a GGUF

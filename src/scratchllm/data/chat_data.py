@@ -104,12 +104,12 @@ def data_sources(data: str) -> list[tuple[str, int | None]]:
     joined by commas, each optionally `:N`, as LLaMA-Factory's `dataset: identity,alpaca_en_demo` with
     `max_samples` (e.g. identity,alpaca-demo:45 mixes general instructions in, so that a small set does not
     pull the whole model its way)."""
-    if data in NAMED or data in DERIVED or Path(data).is_file():
+    if _is_source(data):
         return [(data, None)]
     sources = []
     for part in data.split(","):
         name, sep, count = part.rpartition(":")
-        if not (sep and count.isdigit()) or part in NAMED or part in DERIVED or Path(part).is_file():
+        if not (sep and count.isdigit()) or _is_source(part):
             name, count = part, ""
         if not name:
             raise ScratchLLMError(f"--data {data!r} has an empty source; join named sets and files with commas, e.g. identity,alpaca-demo:45")
@@ -117,6 +117,11 @@ def data_sources(data: str) -> list[tuple[str, int | None]]:
             raise ScratchLLMError(f"--data {part!r} takes no records; after ':' give how many of its first records to use (1 or more)")
         sources.append((name, int(count) if count else None))
     return sources
+
+
+def _is_source(name: str) -> bool:
+    """A named set or an existing file, read whole (a file's name may hold commas and colons)."""
+    return name in NAMED or name in DERIVED or Path(name).is_file()
 
 
 def load_conversations(data: str, cfg: DataConfig | None = None) -> list[list[dict[str, str]]]:

@@ -118,9 +118,7 @@ class Int4Weight:
 
     def dequantized(self) -> torch.Tensor:  # (out, in) fp32: what the kernel multiplies by
         scale, zero = self.scale_zero.float().unbind(-1)  # (in / 32, out) each
-        codes = self._codes().float() - 8
-        groups = codes.view(self.out_features, -1, GROUP)
-        return (groups * scale.t()[..., None] + zero.t()[..., None]).view(self.out_features, self.in_features)
+        return GroupQuantized(self._codes(), scale.t(), zero.t(), self.kind).dequantized()
 
     def _codes(self) -> torch.Tensor:
         """The codes back from the packed layout: the product of the identity with zero scale offsets."""

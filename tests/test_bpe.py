@@ -59,7 +59,11 @@ def test_whole_tinyshakespeare_equals_tiktoken(gpt2, llama3, tiktoken_gpt2, tikt
     assert gpt2.decode(ids) == text
 
 
-UNICODE = st.text(st.characters(codec="utf-8"), max_size=60) | st.lists(st.sampled_from(
+# Code points Unicode had not assigned by Python's tables (14.0) are left out: `regex` (2026.11) and tiktoken's
+# Rust regex ship different, newer Unicode versions, so they disagree on whether e.g. U+323B0 (CJK Extension J,
+# Unicode 17) is a letter. Measured over every code point in "A{c}/A1{c} {c}'s": 17,480 disagree, all of them
+# unassigned (category Cn) in Python's tables; none that is assigned there.
+UNICODE = st.text(st.characters(codec="utf-8", exclude_categories=["Cn"]), max_size=60) | st.lists(st.sampled_from(
     ["hello", " world", "🙂", "👩‍👩‍👧", "中文字符", "e\u0301", "1234567", "   ", "\r\n", "\n\n", "\t", "'s", "'LL",
      "<|endoftext|>", "<|begin_of_text|>", "ÿ", "\x00", "Ω≈ç√", " 9 99 999 9999"]), max_size=12).map("".join)
 

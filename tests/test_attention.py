@@ -88,6 +88,26 @@ def test_dropout_only_in_training():
     assert not torch.allclose(attn(x), attn(x))
 
 
+@pytest.mark.parametrize("H, KV", [(4, 4), (4, 2)])
+def test_dropout_drops_attention_probabilities(H, KV):
+    """On the CPU, training attention with dropout takes the plain path: softmax, then layers/dropout.py's
+    mask on the probabilities, then the values (torch's fused call would draw its own mask)."""
+    from scratchllm.layers.dropout import dropout
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(2, H, 10, 8, generator=g), torch.randn(2, KV, 10, 8, generator=g), torch.randn(2, KV, 10, 8, generator=g)
+    torch.manual_seed(5)
+    y = attend(q, k, v, causal=True, dropout_p=0.3)
+    n_rep = H // KV
+    scores = q @ k.repeat_interleave(n_rep, 1).transpose(-2, -1) / math.sqrt(8)
+    scores = scores.masked_fill(~torch.ones(10, 10, dtype=torch.bool).tril(), float("-inf"))
+    probs = torch.softmax(scores, -1)  # (2, H, 10, 10)
+    torch.manual_seed(5)  # the same draws; with grouped heads the mask is over (B, KV, n_rep * T, S)
+    dropped = dropout(probs.reshape(2, KV, n_rep * 10, 10), 0.3).view(2, H, 10, 10)
+    torch.testing.assert_close(y, dropped @ v.repeat_interleave(n_rep, 1), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(y, probs @ v.repeat_interleave(n_rep, 1), atol=1e-3)  # something was dropped
+
+
 def test_path_choice_follows_the_measurements():
     small_bf16 = torch.zeros(12, 4, 64, 32, dtype=torch.bfloat16)
     assert not attention_module.use_fused_kernel(small_bf16, small_bf16)  # baby GPT in bf16: plain

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.layers.dropout import Dropout, dropout
 from scratchllm.layers.kv_cache import KVCache
 from scratchllm.layers.linear import Linear
 from scratchllm.layers.norms import RMSNorm
@@ -61,9 +62,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
     S = k.size(-2)
     if causal and T == 1 and mask is None:
         causal = False  # one query at the last position sees every key
-    if mask is None and causal and (T != S or not use_fused_kernel(q, k)):
+    # With dropout on the CPU, torch's fused call runs its plain math path anyway and draws the mask
+    # with bernoulli_; the plain path here is the same products with our cheaper mask (layers/dropout.py).
+    fused = use_fused_kernel(q, k) and (dropout_p == 0.0 or q.device.type != "cpu")
+    causal_rule = mask is None and causal  # no caller's mask: the causal rule alone
+    if mask is None and causal and (T != S or not fused):
         mask = causal_mask(T, S, q.device)  # the fused kernel's is_causal covers only T == S
-    if use_fused_kernel(q, k):
+    if fused:
         gqa = {"enable_gqa": True} if n_rep > 1 else {}  # kv heads are shared, never copied
         if mask is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, **gqa)
@@ -81,17 +86,38 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
         # ~500 keys the casts cost more. fp32 is also the more exact: the softmax is fp32 anyway
         dtype = q.dtype
         q, k, v = q.float(), k.float(), v.float()
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, KV, n_rep * T, S)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    rows = q.size(-2)  # T, or n_rep * T
+    if causal_rule:
+        # the causal rule as a -inf bias added inside the product: one call (baddbmm) where product,
+        # scale and masked_fill are three passes over the (T, S) scores, forward and backward. Profiled
+        # on a gpt-char training step (batch 16, dropout 0.2, AMD EPYC AVX2, 2 threads): the score
+        # passes' time (products, scaling, masked_fill and its copies) fell by about 110 of 2,200 ms.
+        bias = causal_bias(T, S, n_rep, q.dtype, q.device)  # (rows, S)
+        scores = torch.baddbmm(bias, q.reshape(-1, rows, D), k.reshape(-1, S, D).transpose(1, 2), alpha=scale)
+        scores = scores.view(B, -1, rows, S)  # (B, H, T, S), or (B, KV, n_rep * T, S)
+    else:
+        scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, KV, n_rep * T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # softmax in fp32 under autocast
     if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p)
+        probs = dropout(probs, dropout_p)
     y = (probs @ v).view(B, H, T, D)
     return y.to(dtype) if upcast else y
 
 
 _MASKS: dict[tuple[int, int, str], torch.Tensor] = {}
+_BIASES: dict[tuple[int, int, int, torch.dtype, str], torch.Tensor] = {}
+
+
+def causal_bias(T: int, S: int, n_rep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n_rep * T, S): 0 where the causal mask lets query t see key s, -inf elsewhere; the (T, S) block
+    repeated for n_rep query heads stacked on one kv head (grouped-query attention). Cached per shape."""
+    key = (T, S, n_rep, dtype, str(device))
+    if key not in _BIASES:
+        allowed = causal_mask(T, S, device).repeat(n_rep, 1)
+        _BIASES[key] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    return _BIASES[key]
 
 
 def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -142,7 +168,7 @@ class Attention(nn.Module):
         self.causal, self.dropout = causal, dropout
         self.qkv = Linear(dim, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
         self.proj = Linear(n_heads * head_dim, dim, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.resid_dropout = Dropout(dropout) if dropout > 0 else None
         self.q_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, norm_eps) if qk_norm else None
 

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchllm.layers.dropout import Dropout
+
 
 class PackedWeight:
     """A weight (out, in) reordered by oneDNN for products of few rows: inference-only state kept
@@ -253,7 +255,7 @@ class LowRank(nn.Module):
         self.scale = alpha / r
         self.A = nn.Parameter(torch.empty(in_features, r))
         self.B = nn.Parameter(torch.zeros(r, stop - start))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         with torch.no_grad():
             bound = 1.0 / math.sqrt(in_features)
             self.A.uniform_(-bound, bound)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.layers.dropout import Dropout
 from scratchllm.layers.linear import Linear
 
 ACTIVATIONS = {
@@ -30,7 +31,7 @@ class MLP(nn.Module):
         self.fc = Linear(dim, hidden, bias=bias)
         self.act = _activation(activation)
         self.proj = Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))  # (B, T, dim) -> (B, T, hidden) -> (B, T, dim)

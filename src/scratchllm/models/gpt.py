@@ -16,6 +16,7 @@ from scratchllm.config import DERIVED
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import KVCache, Linear, TiedHead
 from scratchllm.layers.blocks import PreNormBlock
+from scratchllm.layers.dropout import Dropout
 from scratchllm.layers.loss import logits_and_loss
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_context, check_sizes
@@ -54,7 +55,7 @@ class GPT(nn.Module):
         self.config = c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = nn.Embedding(c.block_size, c.n_embd)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             PreNormBlock(c.n_embd, c.n_head, 4 * c.n_embd, c.activation, c.bias, c.dropout, causal=True, norm_eps=c.norm_eps)
             for _ in range(c.n_layer))

@@ -37,6 +37,7 @@ from torch import nn
 
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import packed_for_inference
+from scratchllm.layers.loss import IGNORE
 from scratchllm.models.spec import spec_of
 
 # Most logits one forward pass may hold (batch x tokens x vocabulary, fp32): SmolLM2's 49,152-token
@@ -151,9 +152,20 @@ def _score_batch(model: nn.Module, batch: list[_Row], device: torch.device, out:
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     same = (segments[:, None, :] == -1) | (segments[:, None, :] == segments[:, :, None])  # (B, T query, T key)
     mask = (causal[None] & same)[:, None]  # (B, 1, T, T): key visible to query
-    logits = model(ids.to(device), positions=positions.to(device), mask=mask.to(device))  # (B, T, vocab)
-    picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, vocab)
-    logp = picked.float().log_softmax(-1).gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0]
+    # Only the positions that predict a choice's token need logits: the model's training path computes
+    # the output head (SmolLM2's 576 x 49,152, a fifth of its products) only where a target counts (on
+    # the CPU; layers/loss.py), so mark those positions with a target. The context's last position
+    # predicts every choice's first token; it holds one of them: only its logits are used, not its loss.
+    needed = torch.full((B, T), IGNORE, dtype=torch.long)
+    needed[rows, cols] = torch.tensor(targets)
+    logits, _ = model(ids.to(device), needed.to(device), positions=positions.to(device), mask=mask.to(device))
+    target_ids = torch.tensor(targets, device=device)  # (N,)
+    if logits.dim() == 3:  # (B, T, vocab): every position (a GPU, or torch.compile)
+        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, vocab)
+        logp = picked.float().log_softmax(-1).gather(-1, target_ids[:, None])[:, 0]
+    else:  # (K, vocab): the needed positions in row-major order; K <= N, the shared last context position once
+        at = (needed != IGNORE).flatten().cumsum(0) - 1  # (B * T,): a needed position's row in `logits`
+        logp = logits.float().log_softmax(-1)[at[torch.tensor(rows) * T + torch.tensor(cols)].to(device), target_ids]
     for index, value in zip(owner, logp.double().tolist()):
         out[index] += value
 

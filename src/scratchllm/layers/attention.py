@@ -115,8 +115,9 @@ def causal_bias(T: int, S: int, n_rep: int, dtype: torch.dtype, device: torch.de
     repeated for n_rep query heads stacked on one kv head (grouped-query attention). Cached per shape."""
     key = (T, S, n_rep, dtype, str(device))
     if key not in _BIASES:
-        allowed = causal_mask(T, S, device).repeat(n_rep, 1)
-        _BIASES[key] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        with torch.inference_mode(False):  # one made while generating must serve training too
+            allowed = causal_mask(T, S, device).repeat(n_rep, 1)
+            _BIASES[key] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
     return _BIASES[key]
 
 

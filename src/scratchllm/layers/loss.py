@@ -8,6 +8,8 @@ So on the CPU, where finding those positions costs nothing, the head runs on the
 LoRA steps (8 rows, 46% of positions counted, AMD EPYC AVX2, 2 threads, 2026-12-02): 4.06 against 4.49 s
 a step, 1.10x. On a GPU that would make each step wait for it (the positions' count is data), so there, and
 under torch.compile, the head runs on every position and cross_entropy's ignore_index drops the rest.
+Benchmark scoring (evals/scoring.py) uses the same path to get logits only where a choice's token is
+predicted.
 """
 
 from __future__ import annotations

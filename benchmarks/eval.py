@@ -63,7 +63,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--tasks", default="hellaswag,arc_easy")
-    ap.add_argument("--limit", type=int, default=40, help="items of each task")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="items of each task (default 40; with --reference-only, every item)")
     ap.add_argument("--batch-size", type=int, default=32, help="requests per forward pass, both (lm-eval's --batch_size)")
     ap.add_argument("--rounds", type=int, default=2, help="paired rounds of ours and lm-eval's")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -85,7 +86,9 @@ def main():
 
     transformers.logging.set_verbosity_error()
     lm = load_pretrained(args.model, precision="fp32")
-    limit = None if args.reference_only and args.limit == ap.get_default("limit") else args.limit
+    limit = args.limit
+    if limit is None and not args.reference_only:
+        limit = 40
     asked = {name: items(load_task(name, limit, args.data)) for name in args.tasks.split(",")}
     requests = [r for name in asked for item in asked[name] for r in item.requests]
     n_items = sum(len(v) for v in asked.values())

@@ -156,16 +156,16 @@ def _score_batch(model: nn.Module, batch: list[_Row], device: torch.device, out:
     # the output head (SmolLM2's 576 x 49,152, a fifth of its products) only where a target counts (on
     # the CPU; layers/loss.py), so mark those positions with a target. The context's last position
     # predicts every choice's first token; it holds one of them: only its logits are used, not its loss.
+    rows_t, cols_t, targets_t = torch.tensor(rows), torch.tensor(cols), torch.tensor(targets)  # (N,) each
     needed = torch.full((B, T), IGNORE, dtype=torch.long)
-    needed[rows, cols] = torch.tensor(targets)
+    needed[rows_t, cols_t] = targets_t
     logits, _ = model(ids.to(device), needed.to(device), positions=positions.to(device), mask=mask.to(device))
-    target_ids = torch.tensor(targets, device=device)  # (N,)
     if logits.dim() == 3:  # (B, T, vocab): every position (a GPU, or torch.compile)
-        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, vocab)
-        logp = picked.float().log_softmax(-1).gather(-1, target_ids[:, None])[:, 0]
+        picked = logits[rows_t.to(device), cols_t.to(device)]  # (N, vocab)
+        logp = picked.float().log_softmax(-1).gather(-1, targets_t.to(device)[:, None])[:, 0]
     else:  # (K, vocab): the needed positions in row-major order; K <= N, the shared last context position once
         at = (needed != IGNORE).flatten().cumsum(0) - 1  # (B * T,): a needed position's row in `logits`
-        logp = logits.float().log_softmax(-1)[at[torch.tensor(rows) * T + torch.tensor(cols)].to(device), target_ids]
+        logp = logits.float().log_softmax(-1)[at[rows_t * T + cols_t].to(device), targets_t.to(device)]
     for index, value in zip(owner, logp.double().tolist()):
         out[index] += value
 

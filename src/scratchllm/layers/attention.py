@@ -66,7 +66,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
     # with bernoulli_; the plain path here is the same products with our cheaper mask (layers/dropout.py).
     fused = use_fused_kernel(q, k) and (dropout_p == 0.0 or q.device.type != "cpu")
     causal_rule = mask is None and causal  # no caller's mask: the causal rule alone
-    if mask is None and causal and (T != S or not fused):
+    if causal_rule and fused and T != S:
         mask = causal_mask(T, S, q.device)  # the fused kernel's is_causal covers only T == S
     if fused:
         gqa = {"enable_gqa": True} if n_rep > 1 else {}  # kv heads are shared, never copied
@@ -77,7 +77,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
         # grouped-query attention without copying k and v: the n_rep query heads of a group become
         # n_rep * T rows against their shared kv head. (B, H, T, D) -> (B, KV, n_rep * T, D)
         q = q.reshape(B, H // n_rep, n_rep * T, D)
-        if mask is not None:  # the same (T, S) mask for each of the n_rep stacked heads
+        if mask is not None:  # a caller's (..., T, S) mask, the same for each of the n_rep stacked heads
             mask = torch.cat([mask] * n_rep, dim=-2)
     upcast = T == 1 and S <= DECODE_IN_FP32_MAX_KEYS and q.dtype != torch.float32 and not torch.is_grad_enabled()
     if upcast:
@@ -97,7 +97,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
         scores = scores.view(B, -1, rows, S)  # (B, H, T, S), or (B, KV, n_rep * T, S)
     else:
         scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, KV, n_rep * T, S)
-        if mask is not None:
+        if mask is not None:  # a caller's mask (the causal rule is the bias above)
             scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # softmax in fp32 under autocast
     if dropout_p > 0.0:

@@ -8,9 +8,9 @@ at the `gpt-char` preset's shapes (dropout 0.2 after the embedding, in every att
 2,461 ms, nanoGPT's model the same). Here each 64-bit draw gives four 16-bit numbers and an element is
 kept when its number is at least round(p * 65536): a quarter of the draws, then one comparison.
 Dropout's forward + backward on a (16, 6, 256, 256) tensor, mask included: 22 ms against F.dropout's 63
-(AMD EPYC AVX2, 2 threads, 2026-12-02); the whole gpt-char step went from 0.94x to 1.21x nanoGPT's. The drop probability is p rounded to a multiple of 1/65536
-(0.2 -> 0.199997), and the kept values are scaled by the exact inverse of that rounded keep
-probability, so the output's expectation is x. The draws come from torch's default generator: the
+(AMD EPYC AVX2, 2 threads, 2026-12-02); the whole gpt-char step went from 0.94x to 1.21x nanoGPT's.
+The drop probability is p rounded to a multiple of 1/65536 (0.2 -> 0.199997), and the kept values are
+scaled by the exact inverse of that rounded keep probability, so the output's expectation is x. The draws come from torch's default generator: the
 same `torch.manual_seed`, the same masks. On a GPU (Philox, in parallel) and under torch.compile
 (which draws its own) torch's dropout is already cheap, and is used."""
 

@@ -211,6 +211,8 @@ def test_bad_files_are_one_line_errors(tmp_path, gpt2):
         formats.load_hf(tmp_path / "tokenizer.json")
     with pytest.raises(ScratchLLMError, match="neither a known name"):
         resolve_pattern("(unclosed")
+    with pytest.raises(ScratchLLMError, match="neither a known name"):  # found by tests/test_fuzz.py
+        resolve_pattern("a{" + "9" * 5001 + "}")  # regex raises ValueError (int() of too many digits)
 
 
 def test_named_patterns_are_tiktokens_own():

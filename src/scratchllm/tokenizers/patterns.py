@@ -30,6 +30,6 @@ def resolve_pattern(name_or_regex: str) -> str:
     pattern = PATTERNS.get(name_or_regex, name_or_regex)
     try:
         regex.compile(pattern)
-    except regex.error as e:
+    except (regex.error, ValueError, OverflowError, RecursionError) as e:  # a quantifier of 5,001 digits: ValueError
         raise ScratchLLMError(f"pattern {name_or_regex!r} is neither a known name ({', '.join(PATTERNS)}) nor a valid regex: {e}") from None
     return pattern

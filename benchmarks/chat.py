@@ -7,9 +7,12 @@ way) and with every turn prefilled cold.
 
 All in one process, batch 1, greedy, on the same weights: the named model's Q4_1 GGUF, dequantized
 once. scratchllm and transformers' `generate` run in fp32 and in bf16 (the weights and the KV cache in
-that dtype), scratchllm also in int8 (`--precision int8`: the projections' weights rounded to int8 per row)
-and in int4 (`--precision int4`: the file's Q4_1 blocks as they are stored, the head in int8); llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`,
-never a dependency of the project) runs the Q4_1 file itself. Each path runs `--rounds` times,
+that dtype), scratchllm also in int8 (`--precision int8`: the Q4_1 values rounded again to int8 in groups of
+32, Q8_0's rule, the file's Q8_0 head as stored) and in int4 (`--precision int4`: the file's Q4_1 blocks and
+Q8_0 head as they are stored). A Q8_0 file of the same model is written (the dequantized weights through
+`save_gguf(..., "q8_0")`, into a temporary folder) and run in int8 as stored ("int8 Q8_0 file").
+llama.cpp (`llama-cpp-python`, optional: `pip install ../shared/wheels/llama_cpp_python-*.whl`, never a
+dependency of the project) runs both files itself. Each path runs `--rounds` times,
 alternating, and its best round counts (this machine's speed drifts minute to minute). Prints
 tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
 measured here, which bounds decoding: tokens/s <= bandwidth / bytes per token. Our models' weights
@@ -20,7 +23,9 @@ is printed); the "unpacked" rows are the same models on torch's own products, fo
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -183,6 +188,13 @@ def main():
     path = pretrained_path("smollm2-135m-instruct")
     quantized = ("int8", "int4")
     ours = {p: scratchllm.load_pretrained(path, precision=p) for p in ("fp32", "bf16", *quantized)}
+    from scratchllm.interop.gguf import save_gguf
+
+    folder = tempfile.TemporaryDirectory()
+    lm32 = ours["fp32"]
+    q8_path = save_gguf(lm32.model, Path(folder.name) / "smollm2-135m-instruct-q8_0.gguf", lm32.tokenizer, "q8_0",
+                        lm32.chat_template, **dict(zip(("eos_id", "eot_id"), lm32.stop_tokens)))
+    ours["int8 Q8_0 file"] = scratchllm.load_pretrained(q8_path, precision="int8")
     pack_seconds = {}
     for p, lm in ours.items():  # once, as `scratchllm chat` and the server do (layers/linear.py)
         start = time.perf_counter()
@@ -195,8 +207,8 @@ def main():
     try:
         import llama_cpp
 
-        llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
-                              logits_all=True, verbose=False)
+        llm = {f: llama_cpp.Llama(str(p), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
+                                  logits_all=True, verbose=False) for f, p in (("Q4_1", path), ("Q8_0", q8_path))}
     except ImportError:
         llm = None
     n_params = sum(p.numel() for p in ours["fp32"].model.parameters())
@@ -208,16 +220,19 @@ def main():
 
     print("weights packed for oneDNN in " + ", ".join(f"{s:.2f} s ({p})" for p, s in pack_seconds.items()))
 
-    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n)) for p in ("fp32", "bf16", *quantized)}
+    paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n))
+             for p in ("fp32", "bf16", *quantized, "int8 Q8_0 file")}
     paths.update({f"unpacked {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n, packed=False)) for p in ("fp32", "bf16")})
     paths.update({f"transformers {p}": (lambda ids, n, p=p: hf_run(hf[p], ids, n)) for p in ("fp32", "bf16")})
-    if llm is not None:
-        paths["llama.cpp Q4_1"] = lambda ids, n: llama_cpp_run(llm, ids, n)
+    for f, model in (llm or {}).items():
+        paths[f"llama.cpp {f}"] = lambda ids, n, model=model: llama_cpp_run(model, ids, n)
     # bytes of weights one decoded token reads: every matrix once (the tied embedding as the output head)
-    # Q4_1: 20 bytes per 32 weights; int4: 16 of codes and 4 of bf16 scale and zero per 32, the head (~21%) in int8
+    # Q4_1: 20 bytes per 32 weights, Q8_0 34, the head (~21%) in Q8_0 in a Q4_1 file; ours: int8 32 of codes and 4
+    # of fp32 scale per 32, int4 16 of codes and 4 of bf16 scale and zero
     head = ours["fp32"].model.config.vocab_size * ours["fp32"].model.config.n_embd
-    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params * 1, "Q4_1": n_params * 20 / 32,
-                 "int4": (n_params - head) * 20 / 32 + head}
+    per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params * 36 / 32, "file": n_params * 36 / 32,
+                 "Q4_1": (n_params - head) * 20 / 32 + head * 34 / 32, "Q8_0": n_params * 34 / 32,
+                 "int4": (n_params - head) * 20 / 32 + head * 36 / 32}
 
     for label, text in (("short prompt", PROMPT), ("long prompt", LONG_PROMPT)):
         ids = tok.encode(render_chat([{"role": "user", "content": text}], template), allowed_special="all")
@@ -242,15 +257,17 @@ def main():
             print(f"  decode, scratchllm / transformers {p}: {ours_d / hf_d:.2f}x   "
                   f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']}; "
                   f"packed / unpacked {ours_d / best[f'unpacked {p}'][1]:.2f}x)")
-        for p in quantized:
+        for p in (*quantized, "int8 Q8_0 file"):
             same = next((i for i, (a, b) in enumerate(zip(tokens[f"scratchllm {p}"], tokens["scratchllm fp32"])) if a != b), None)
             print(f"  decode, scratchllm {p} / fp32: {best[f'scratchllm {p}'][1] / best['scratchllm fp32'][1]:.2f}x, "
                   f"/ bf16: {best[f'scratchllm {p}'][1] / best['scratchllm bf16'][1]:.2f}x ({p}'s greedy tokens equal fp32's "
                   + (f"for all {args.new_tokens})" if same is None else f"for the first {same})"))
         if llm is not None:
-            q = best["llama.cpp Q4_1"][1]
-            print(f"  decode against llama.cpp Q4_1: " + ", ".join(
-                f"scratchllm {p} {best[f'scratchllm {p}'][1] / q:.2f}x" for p in ("bf16", "fp32", *quantized)))
+            q4, q8 = best["llama.cpp Q4_1"][1], best["llama.cpp Q8_0"][1]
+            print(f"  decode against llama.cpp on the same file: scratchllm int4 / llama.cpp Q4_1 "
+                  f"{best['scratchllm int4'][1] / q4:.2f}x, scratchllm int8 Q8_0 file / llama.cpp Q8_0 "
+                  f"{best['scratchllm int8 Q8_0 file'][1] / q8:.2f}x; against llama.cpp Q4_1: " + ", ".join(
+                      f"scratchllm {p} {best[f'scratchllm {p}'][1] / q4:.2f}x" for p in ("bf16", "fp32", "int8")))
 
 
 if __name__ == "__main__":

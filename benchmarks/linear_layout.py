@@ -22,10 +22,11 @@ the same tensors (the machine's read bandwidth for them).
 `--pack-sizes`: one-row products x @ W against the oneDNN-packed W, fp32 and bf16, from 128 x 256 to
 576 x 3072, cycling through 8 MB of copies (from the caches, as a small model decodes).
 
-`--int8`: one-row products at SmolLM2-135M's shapes (and one larger) with the weight in int8 per row
-(`layers/quantized.py`, Int8Weight: torch's `_weight_int8pack_mm`, bf16 input) and in int4 groups of 32
-(Int4Weight: `_weight_int4pack_mm_for_cpu`) against bf16 F.linear, the oneDNN-packed fp32 and bf16 weights
-(where this CPU packs bf16), and both kernels fed fp32; then the same products with 64 rows (a prefill).
+`--int8`: one-row products at SmolLM2-135M's shapes (and one larger) with the weight in int8 groups of 32
+(`layers/quantized.py`, Int8Weight: Q8_0 blocks through our q8_0.c, fp32 input), in torch's int8 per row
+(`_weight_int8pack_mm`, bf16 input, and fed fp32) and in int4 groups of 32 (Int4Weight:
+`_weight_int4pack_mm_for_cpu`) against bf16 F.linear, the oneDNN-packed fp32 and bf16 weights (where this
+CPU packs bf16); then the same products with 64 rows (a prefill).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def pack_sizes() -> None:
 
 def int8_sizes() -> None:
     from scratchllm.layers.linear import PackedWeight, can_pack
-    from scratchllm.layers.quantized import Int4Weight, Int8Weight, q4_1
+    from scratchllm.layers.quantized import Int4Weight, Int8Weight, q4_1, q8_0
 
     for rows in (1, 64):
         print(f"{rows} row(s), microseconds per product, {torch.get_num_threads()} threads; ratios: int8 and int4 "
@@ -123,12 +124,16 @@ def int8_sizes() -> None:
             x32 = torch.randn(rows, d_in)
             xb = x32.bfloat16()
             times = {}
-            q8 = [Int8Weight(t) for t in w]
+            q8 = [Int8Weight(q8_0(t)) for t in w]
             q4 = [Int4Weight(q4_1(t)) for t in w]
-            times["int8"] = per_call_us(lambda: [m(xb, None) for m in q8], copies)
+            # torch's int8 kernel, one scale per row (what Int8Weight was before Q8_0 blocks and q8_0.c)
+            per_row = [(torch.round(t / (t.abs().amax(1, keepdim=True) / 127)).to(torch.int8),
+                        (t.abs().amax(1) / 127).bfloat16()) for t in w]
+            times["int8"] = per_call_us(lambda: [m(x32, None) for m in q8], copies)
+            times["int8 torch per row"] = per_call_us(lambda: [torch.ops.aten._weight_int8pack_mm(xb, q, s) for q, s in per_row], copies)
             times["int4"] = per_call_us(lambda: [m(xb, None) for m in q4], copies)
-            if rows == 1:  # the kernels on fp32 input, without the cast to bf16 (not what the model runs)
-                times["int8 (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int8pack_mm(x32, m.q, m.scale.float()) for m in q8], copies)
+            if rows == 1:  # torch's kernels on fp32 input, without the cast to bf16 (not what the model runs)
+                times["int8 torch per row (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int8pack_mm(x32, q, s.float()) for q, s in per_row], copies)
                 times["int4 (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(
                     x32, m.packed, 32, m.scale_zero.float()) for m in q4], copies)
             wb = [t.bfloat16() for t in w]

@@ -1,10 +1,10 @@
 """Weight-only int8 and int4 inference (`--precision int8|int4`): the rounding, the kernels' products, the
-whole model, a GGUF file's Q4 blocks run as stored, and Q4 files written and read back.
+whole model, a GGUF file's Q8_0 and Q4 blocks run as stored, and Q4 files written and read back.
 
-Both kernels multiply bf16 activations by the unpacked weights and accumulate in fp32; the result is
+The int4 kernel multiplies bf16 activations by the unpacked weights and accumulates in fp32; the result is
 rounded to bf16. So against the same product computed in fp64 from the dequantized weights, each output may
 differ by half a bf16 step of itself plus the fp32 summation's error: the bound below, 2^-8 of the sum of
-|x| |w|.
+|x| |w|. The int8 kernel (q8_0.c) takes fp32 activations: its bound is fp32's.
 """
 
 from __future__ import annotations
@@ -18,39 +18,148 @@ import scratchllm
 from scratchllm.errors import ScratchLLMError
 from scratchllm.generate import Sampling
 from scratchllm.layers.linear import Linear, TiedHead
-from scratchllm.layers.quantized import GROUP, Int4Weight, Int8Weight, int4_fits, q4_1, quantize
+from scratchllm.layers.quantized import GROUP, Int4Weight, Int8Weight, int4_fits, q4_1, q8_0, quantize
 from scratchllm.models import get_spec
 from test_generate import tiny_gpt, tiny_llama
 
 
-def test_rounding_to_int8_is_within_half_a_step_of_each_row():
+# -- int8: groups of 32, llama.cpp's Q8_0 blocks, our own kernel (q8_0.c) -------------------------------------
+
+def test_q8_0_rule_gives_gguf_py_quantizer_codes():
+    """q8_0 is ggml's rule: the codes and fp16 scales of gguf-py's Q8_0 quantizer, block for block, and the
+    same dequantized weights; an all-zero group keeps a zero scale and zero codes."""
+    import types
+
+    import gguf
+
+    from scratchllm.interop.gguf import _stored_blocks
+
     torch.manual_seed(0)
-    w = torch.randn(96, 64) * torch.logspace(-3, 1, 96)[:, None]  # rows of very different sizes
-    w[5] = 0.0  # an all-zero row keeps a finite scale
-    q = Int8Weight(w)
-    assert q.q.dtype == torch.int8 and q.q.shape == (96, 64) and q.q.abs().max() <= 127
-    step = q.scale.float()[:, None]
-    # the bf16 scale moves the grid by up to 2^-9 of a row's largest entry: half a step plus that
-    assert ((q.dequantized() - w).abs() <= step / 2 + 2**-8 * w.abs().amax(1, keepdim=True) + 1e-12).all()
-    assert (q.dequantized()[5] == 0).all() and torch.isfinite(q.scale.float()).all()
+    w = torch.randn(48, 96) * torch.logspace(-4, 1, 48)[:, None]  # rows of very different sizes
+    w[3, :32] = 0.0
+    w[4, 5] = 127 * 0.5 / 3  # |w| / d lands half way between two codes: rounded away from zero, as np_roundf
+    blocks = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0)
+    theirs = _stored_blocks(types.SimpleNamespace(tensor_type=gguf.GGMLQuantizationType.Q8_0, shape=[96, 48], data=blocks))
+    ours = q8_0(w)
+    assert theirs.kind == "q8_0" and ours.kind == "q8_0 rule" and ours.codes.dtype == torch.int8
+    assert torch.equal(ours.codes, theirs.codes) and torch.equal(ours.scale, theirs.scale)
+    dequantized = torch.from_numpy(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0)).reshape(48, 96)
+    assert torch.equal(ours.dequantized(), dequantized)
+    assert (ours.codes[3, :32] == 0).all() and ours.scale[3, 0] == 0
+    # half a step of each group, plus the fp16 scale's rounding (2^-11 of it, times up to 127 codes), where the
+    # scale is a normal fp16 number (>= 2^-14; the smallest rows here have subnormal scales, rounded coarser)
+    step = ours.scale.repeat_interleave(GROUP, dim=1)
+    normal = step >= 2**-14
+    assert normal.float().mean() > 0.5
+    assert ((ours.dequantized() - w).abs() <= step / 2 + 127 * 2**-11 * step)[normal].all()
 
 
+def test_q8_0_rows_of_any_length_end_in_a_short_group():
+    torch.manual_seed(0)
+    w = torch.randn(5, 40)  # one whole group and 8 weights
+    q = q8_0(w)
+    assert q.codes.shape == (5, 40) and q.scale.shape == (5, 2)
+    assert torch.equal(q.scale[:, 1], (w[:, 32:].abs().amax(1) / 127).half().float())  # the 8 weights' own scale
+    assert (q.dequantized() - w).abs().max() <= q.scale.max() * (0.5 + 127 * 2**-11)
+
+
+def _native():
+    from scratchllm.layers import native
+
+    return native.load("q8_0")
+
+
+@pytest.mark.parametrize("in_features", [64, 80])  # 80: the kernel reads a short last group as zero codes
+@pytest.mark.parametrize("rows", [1, 3, 17, 33])  # up to 32 rows the kernel (16 at a time), then a float product
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_kernel_gives_the_product_of_the_dequantized_weights(dtype):
+def test_the_int8_kernel_gives_the_product_of_the_dequantized_weights(dtype, rows, in_features):
+    """The kernel sums fp32 products in its own order: within fp32's rounding of the sum of |x| |w| of the
+    exact product (fp64 of the dequantized weights); a bf16 output adds half a bf16 step."""
     torch.manual_seed(0)
-    w, bias = torch.randn(96, 64), torch.randn(96)
-    x = torch.randn(3, 5, 64).to(dtype)
-    q = Int8Weight(w)
+    w, bias = torch.randn(96, in_features), torch.randn(96)
+    x = torch.randn(rows, in_features).to(dtype)
+    q = Int8Weight(q8_0(w))
     y = q(x, bias.to(dtype))
-    assert y.shape == (3, 5, 96) and y.dtype == dtype
-    xb = x.bfloat16().double()  # what the kernel multiplies
-    exact = xb @ q.dequantized().double().t() + bias.to(dtype).double()
-    bound = 2**-8 * (xb.abs() @ q.dequantized().double().abs().t() + bias.abs().double())
+    assert y.shape == (rows, 96) and y.dtype == dtype
+    exact = x.double() @ q.dequantized().double().t() + bias.to(dtype).double()
+    size = x.double().abs() @ q.dequantized().double().abs().t() + bias.abs().double()
+    bound = (2**-8 if dtype == torch.bfloat16 else 2**-18) * size
     assert ((y.double() - exact).abs() <= bound).all()
 
 
+@pytest.mark.skipif(_native() is None, reason="no C compiler to build q8_0.c")
+def test_the_int8_kernel_is_the_native_one_and_threads_do_not_change_it(monkeypatch):
+    """Where a C compiler exists the decoding product runs q8_0.c (not the float fallback, which is slow:
+    it dequantizes the weight at every call); each output is summed by one thread in one order, so one
+    thread or two give the same bits; the kernel refuses what it cannot take (no rows, part of a group)."""
+    from scratchllm.layers import quantized
+
+    torch.manual_seed(0)
+    q = Int8Weight(q8_0(torch.randn(200, 96)))
+    x = torch.randn(2, 96)
+    monkeypatch.setattr(torch.nn.functional, "linear", None)  # the fallback would fail: it is not taken
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = q(x, None)
+        torch.set_num_threads(2)
+        two = q(x, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    kernel = quantized._q8_0_kernel()
+    y = torch.empty(1, 200)
+    assert kernel(torch.randn(1, 90).data_ptr(), q.codes.data_ptr(), q.scale.data_ptr(), y.data_ptr(), 1, 90, 200, 1) == 1
+    assert kernel(torch.randn(1, 96).data_ptr(), q.codes.data_ptr(), q.scale.data_ptr(), y.data_ptr(), 0, 96, 200, 1) == 1
+
+
+def test_without_a_compiler_int8_still_multiplies_and_says_it_is_slow(monkeypatch, tmp_path):
+    """No compiler (or SCRATCHLLM_NO_NATIVE): the dequantized weight in a float product, the same result to
+    fp32 rounding, and a warning that names why; a kernel, once built, is cached and not built again."""
+    from scratchllm.layers import native, quantized
+
+    torch.manual_seed(0)
+    q = Int8Weight(q8_0(torch.randn(64, 96)))
+    x = torch.randn(1, 96)
+    exact = x.double() @ q.dequantized().double().t()
+    monkeypatch.setenv("SCRATCHLLM_NO_NATIVE", "1")
+    native.load.cache_clear()
+    quantized._q8_0_kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="dequantize their weight at every call.*SCRATCHLLM_NO_NATIVE"):
+            y = q(x, None)
+        assert ((y.double() - exact).abs() <= 2**-18 * (x.double().abs() @ q.dequantized().double().abs().t())).all()
+        monkeypatch.delenv("SCRATCHLLM_NO_NATIVE")
+        monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
+        monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no cc, gcc or clang
+        monkeypatch.delenv("CC", raising=False)
+        native.load.cache_clear()
+        assert native.load("q8_0") is None and "no C compiler" in native.why_not("q8_0")
+    finally:
+        native.load.cache_clear()
+        quantized._q8_0_kernel.cache_clear()
+
+
+@pytest.mark.skipif(_native() is None, reason="no C compiler to build q8_0.c")
+def test_a_kernel_is_built_once_per_cpu_and_then_loaded(monkeypatch, tmp_path):
+    from scratchllm.layers import native
+
+    monkeypatch.setenv("SCRATCHLLM_CACHE", str(tmp_path))
+    native.load.cache_clear()
+    try:
+        assert native.load("q8_0") is not None
+        built = list((tmp_path / "kernels").iterdir())
+        assert len(built) == 1 and built[0].name.startswith("q8_0-") and built[0].suffix == ".so"  # no temporary left
+        stamp = built[0].stat().st_mtime_ns
+        native.load.cache_clear()
+        assert native.load("q8_0") is not None and built[0].stat().st_mtime_ns == stamp
+        assert list((tmp_path / "kernels").iterdir()) == built
+    finally:
+        native.load.cache_clear()
+
+
 def _dequantized_product(self, x, bias):  # the same product in fp32 from the dequantized weights
-    y = (x.bfloat16().float() @ self.dequantized().t()).to(x.dtype)
+    y = ((x.bfloat16().float() if isinstance(self, Int4Weight) else x.float()) @ self.dequantized().t()).to(x.dtype)
     return y if bias is None else y + bias
 
 
@@ -175,8 +284,42 @@ def test_a_q4_gguf_file_runs_as_stored(tmp_path):
             assert not torch.equal(qkv._codes(), q4_1(torch.cat([g.tensors[n] for n in names])).codes)
         reply = lm.complete(lm.encode("The quick"), Sampling(max_tokens=6, temperature=0.0))
         assert 1 <= len(reply.tokens) <= 6
+        assert lm.model.lm_head.quantized.kind == "q8_0"  # the file's Q8_0 head, as stored
     lm = scratchllm.load_pretrained(write_gguf(tmp_path / "q8.gguf", cfg, tensors, tok, file_type="q8_0"), precision="int4")
     assert lm.model.blocks[0].attn.qkv.quantized.kind == "q4_1 rule"
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_a_q8_0_gguf_file_runs_as_stored(tmp_path, tie):
+    """--precision int8 on a Q8_0 file multiplies by its codes and scales exactly (Q8_0 is the int8 form): every
+    projection, q and k rows permuted as the float weights are, and the head (a tied one: the embedding's
+    blocks); its logits are the dequantized file's to fp32 rounding. A q4_1 file under int8: the Q4 values
+    rounded again by Q8_0's rule, the Q8_0 head as stored."""
+    from test_gguf import _tokenizer, hf_model, hf_tensors, tiny_config
+
+    from scratchllm.interop.gguf import read_gguf, write_gguf
+
+    tok = _tokenizer("gpt2")
+    cfg = tiny_config(tie=tie)
+    tensors = hf_tensors(hf_model(cfg))
+    path = write_gguf(tmp_path / "q8.gguf", cfg, tensors, tok, file_type="q8_0")
+    lm = scratchllm.load_pretrained(path, precision="int8")
+    fp32 = scratchllm.load_pretrained(path, precision="fp32")
+    g = read_gguf(path, keep_blocks=True)
+    qkv = lm.model.blocks[0].attn.qkv.quantized
+    assert isinstance(qkv, Int8Weight) and qkv.kind == "q8_0"
+    names = [f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]
+    assert torch.equal(qkv.blocks().codes, torch.cat([g.blocks[n].codes for n in names]))
+    assert torch.equal(qkv.dequantized(), fp32.model.blocks[0].attn.qkv.weight.t())  # the file's weights, exactly
+    kinds = {n: m.quantized.kind for n, m in lm.model.named_modules() if isinstance(m, (Linear, TiedHead))}
+    assert set(kinds.values()) == {"q8_0"} and "lm_head" in kinds
+    assert isinstance(lm.model.lm_head, TiedHead) == tie
+    ids = torch.tensor([lm.encode("The quick brown fox")])
+    with torch.no_grad():
+        got, want = lm.model(ids), fp32.model(ids)
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
+    lm4 = scratchllm.load_pretrained(write_gguf(tmp_path / "q4.gguf", cfg, tensors, tok, file_type="q4_1"), precision="int8")
+    assert lm4.model.blocks[0].attn.qkv.quantized.kind == "q8_0 rule" and lm4.model.lm_head.quantized.kind == "q8_0"
 
 
 def test_a_run_loads_decodes_and_evaluates_in_int4(llama_run):

@@ -88,7 +88,7 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     CPU): the projections' weights in that form (ModelSpec.quantize), everything else as auto."""
     if name in ("int8", "int4"):
         if device.type != "cpu":
-            raise ScratchLLMError(f"--precision {name} runs on the CPU (torch's weight-only {name} kernel); use bf16 on a GPU")
+            raise ScratchLLMError(f"--precision {name} runs on the CPU (its weight-only {name} kernel); use bf16 on a GPU")
         name = "auto"
     _check(name)
     if name == "auto":

@@ -319,8 +319,8 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
 
     device: auto | cpu | cuda; precision: auto | fp32 | bf16 (the dtype weights and the KV cache are held
     in; auto: bf16 where the hardware multiplies it natively, see device.inference_dtype) | int8 | int4 (the
-    projections' weights in int8 per row, or int4 in groups of 32 (a GGUF file's Q4 blocks as they are
-    stored), the rest as auto; CPU: layers/quantized.py)."""
+    projections' weights in int8 or int4 in groups of 32, llama.cpp's Q8_0 and Q4_1 (a GGUF file's Q8_0 or Q4
+    blocks as they are stored), the rest as auto; CPU: layers/quantized.py)."""
     from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
 
     dev = resolve_device(device)
@@ -330,8 +330,8 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
     if path.suffix == ".gguf" and not path.is_dir():
         from scratchllm.interop.gguf import load_gguf
 
-        model, tokenizer, g = load_gguf(path, keep_blocks=precision == "int4")
-        stored = g.blocks  # its Q4 blocks, which int4 runs as they are stored
+        model, tokenizer, g = load_gguf(path, keep_blocks=precision in ("int8", "int4"))
+        stored = g.blocks  # its Q4 / Q8_0 blocks, which int4 / int8 run as they are stored
         names = {f"{k}_token": tokenizer.decode([i]) for k, i in (("bos", g.bos_id), ("eos", g.eos_id))
                  if i is not None and tokenizer is not None}
         lm = Pretrained(model.to(device=dev, dtype=dtype), tokenizer, spec_of(model), str(source), g.chat_template,

@@ -34,7 +34,7 @@ import torch
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fileio import atomic_path
 from scratchllm.interop.hf import config_from_hf, from_hf, to_hf
-from scratchllm.layers.quantized import GroupQuantized
+from scratchllm.layers.quantized import GroupQuantized, Q8Blocks
 from scratchllm.layers.rope import halves_to_interleaved, interleaved_to_halves
 from scratchllm.models.spec import export_weights, import_rows, spec_for_gguf, spec_of
 from scratchllm.tokenizers.bpe import BPETokenizer, bpe_merge
@@ -89,8 +89,9 @@ class GGUFModel:
     file_type: str  # "f32", "f16", "bf16", "q8_0", "q4_1", "q4_k_m", ... (llama.cpp's LlamaFileType)
     special_ids: dict[str, int] = field(default_factory=dict)  # {"bos": 1, "eos": 2, "padding": 2, ...}
     name: str | None = None  # general.name
-    # Q4_0 / Q4_1 tensors' codes (read with keep_blocks=True), by Hugging Face name (load_gguf: by our Linear's)
-    blocks: dict[str, GroupQuantized] = field(default_factory=dict)
+    # Q4_0 / Q4_1 / Q8_0 tensors' codes (read with keep_blocks=True), by Hugging Face name (load_gguf: by our
+    # Linear's or tied head's)
+    blocks: dict[str, GroupQuantized | Q8Blocks] = field(default_factory=dict)
 
     @property
     def bos_id(self) -> int | None:
@@ -114,7 +115,7 @@ class GGUFModel:
 
 def read_gguf(path: str | Path, keep_blocks: bool = False) -> GGUFModel:
     """A Llama GGUF file, validated and dequantized: config, fp32 tensors (HF names), tokenizer, template;
-    with `keep_blocks`, also the 4-bit codes of its Q4_0 and Q4_1 tensors as stored (GGUFModel.blocks)."""
+    with `keep_blocks`, also the codes of its Q4_0, Q4_1 and Q8_0 tensors as stored (GGUFModel.blocks)."""
     import gguf
 
     path = Path(path)
@@ -144,7 +145,7 @@ def read_gguf(path: str | Path, keep_blocks: bool = False) -> GGUFModel:
 
     n_head, n_kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
     tensors: dict[str, torch.Tensor] = {}
-    blocks: dict[str, GroupQuantized] = {}
+    blocks: dict[str, GroupQuantized | Q8Blocks] = {}
     for name, info in infos.items():
         if name == "rope_freqs.weight":
             continue
@@ -154,12 +155,14 @@ def read_gguf(path: str | Path, keep_blocks: bool = False) -> GGUFModel:
             raise ScratchLLMError(f"{path}: tensor {name} is stored as {info.tensor_type.name}, which cannot be "
                                   f"dequantized ({str(e)[:60]}); convert the model to f16, q8_0, q4_* or a K-quant") from None
         w = torch.from_numpy(np.array(w, dtype=np.float32, copy=True)).reshape(_torch_shape(info))
-        groups = _q4_groups(info) if keep_blocks else None
+        groups = _stored_blocks(info) if keep_blocks else None
         heads = n_head if name.endswith(".attn_q.weight") else n_kv if name.endswith(".attn_k.weight") else None
         if heads is not None:
             w = interleaved_to_halves(w, heads)
-            if groups is not None:  # the same rows, each with its blocks
+            if isinstance(groups, GroupQuantized):  # the same rows, each with its blocks
                 groups = GroupQuantized(*(interleaved_to_halves(t, heads) for t in (groups.codes, groups.scale, groups.zero)), groups.kind)
+            elif isinstance(groups, Q8Blocks):
+                groups = Q8Blocks(*(interleaved_to_halves(t, heads) for t in (groups.codes, groups.scale)), groups.kind)
         tensors[spec.gguf.to_hf(name)] = w
         if groups is not None:
             blocks[spec.gguf.to_hf(name)] = groups
@@ -167,6 +170,24 @@ def read_gguf(path: str | Path, keep_blocks: bool = False) -> GGUFModel:
     return GGUFModel(hf_config=hf_config, tensors=tensors, tokenizer=tokenizer,
                      chat_template=meta.get("tokenizer.chat_template"), file_type=_file_type_name(meta.get("general.file_type")),
                      special_ids=special_ids, name=meta.get("general.name"), blocks=blocks)
+
+
+def _stored_blocks(info) -> GroupQuantized | Q8Blocks | None:
+    """A 2-D Q8_0, Q4_0 or Q4_1 tensor's blocks as they are stored (None for any other type)."""
+    import gguf
+
+    if info.tensor_type == gguf.GGMLQuantizationType.Q8_0 and len(info.shape) == 2:
+        return _q8_0_blocks(info)
+    return _q4_groups(info)
+
+
+def _q8_0_blocks(info) -> Q8Blocks:
+    """A Q8_0 tensor's blocks: each an fp16 scale d and 32 int8 codes q, w = d q."""
+    rows, cols = int(info.shape[1]), int(info.shape[0])  # GGUF lists the fastest-varying dimension first
+    raw = np.asarray(info.data, dtype=np.uint8).reshape(rows, cols // 32, 2 + 32)
+    d = torch.from_numpy(raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))  # (rows, cols / 32)
+    codes = torch.from_numpy(raw[..., 2:].copy().view(np.int8)).reshape(rows, cols)
+    return Q8Blocks(codes, d, "q8_0")
 
 
 def _q4_groups(info) -> GroupQuantized | None:
@@ -191,14 +212,25 @@ def _q4_groups(info) -> GroupQuantized | None:
     return GroupQuantized(codes, d, zero, kind)
 
 
-def stored_groups(model, g: GGUFModel) -> dict[str, GroupQuantized]:
-    """The Q4 codes `read_gguf(keep_blocks=True)` kept, by the name of our Linear they belong to (parts
-    stacked as the weights are: q, k and v into a fused qkv, when all of them are Q4)."""
+def stored_groups(model, g: GGUFModel) -> dict[str, GroupQuantized | Q8Blocks]:
+    """The blocks `read_gguf(keep_blocks=True)` kept, by the name of our Linear they belong to (parts
+    stacked as the weights are: q, k and v into a fused qkv, when all of them are of one type); a tied
+    output head gets its embedding's."""
+    from scratchllm.layers.linear import TiedHead
+
     spec = spec_of(model)
+    modules = dict(model.named_modules())
+    tied = {f"{n}.weight": name for name, m in modules.items() if isinstance(m, TiedHead)
+            for n, e in modules.items() if e is m.embedding}  # "embed.weight" -> "lm_head"
     out = {}
     for ours, names, transpose in import_rows(spec.hf.weights, g.tensors, model.config):
-        if transpose and ours.endswith(".weight") and names and all(n in g.blocks for n in names):
-            out[ours[: -len(".weight")]] = GroupQuantized.cat([g.blocks[n] for n in names])
+        parts = [g.blocks.get(n) for n in names]
+        if not names or any(p is None for p in parts) or len({type(p) for p in parts}) != 1:
+            continue
+        if transpose and ours.endswith(".weight"):
+            out[ours[: -len(".weight")]] = type(parts[0]).cat(parts)
+        elif ours in tied and isinstance(parts[0], Q8Blocks):  # the table is already (vocab, dim), the head's (out, in)
+            out[tied[ours]] = parts[0]
     return out
 
 
@@ -581,7 +613,7 @@ def _write_tokenizer(w, tok: BPETokenizer, vocab_size: int) -> None:
 
 def load_gguf(path: str | Path, device: str = "cpu", keep_blocks: bool = False):
     """(our model in eval mode, its tokenizer or None, the GGUFModel read, with its tensors dropped; with
-    `keep_blocks`, its `blocks` are the Q4 codes by the name of our Linear they belong to: see stored_groups)."""
+    `keep_blocks`, its `blocks` are the stored codes by the name of our module they belong to: see stored_groups)."""
     g = read_gguf(path, keep_blocks)
     model = from_hf(g.hf_config, g.tensors, str(path))
     if keep_blocks:

@@ -1,18 +1,22 @@
 """Weights kept in a compact integer form for decoding on the CPU: weight-only int8 and int4.
 
 A decoding step reads every weight once per token, so fewer bytes per weight is a faster step, as long as
-the product that unpacks them is quick. Two of torch's CPU kernels do the unpacking inside the product:
+the product unpacks them inside itself rather than into a float copy. Both forms are llama.cpp's blocks:
 
-    int8  Int8Weight   w[n, k] ~ q[n, k] * scale[n]                 q in -127..127, one scale per output row
-                       (aten._weight_int8pack_mm): a quarter of fp32's bytes
-    int4  Int4Weight   w[n, k] ~ (q[n, k] - 8) * scale[n, g] + zero[n, g]    q in 0..15, g = k // 32
-                       (aten._weight_int4pack_mm_for_cpu): an eighth of fp32's bytes, plus 4 bytes of
-                       scale and zero per 32 weights
+    int8  Int8Weight   w[n, k] = q[n, k] * scale[n, g]                       q in -127..127, g = k // 32
+                       (Q8_0; q8_0.c, our own kernel, compiled once per CPU): a quarter of fp32's bytes,
+                       plus 4 of scale per 32 weights
+    int4  Int4Weight   w[n, k] = (q[n, k] - 8) * scale[n, g] + zero[n, g]    q in 0..15
+                       (Q4_0 / Q4_1; aten._weight_int4pack_mm_for_cpu): an eighth of fp32's bytes, plus 4
+                       bytes of scale and zero per 32 weights
 
-Both kernels are quick only with bf16 activations and bf16 scales (fed fp32, 6-14x slower on one row:
-`benchmarks/linear_layout.py --int8`, which times both), so each product casts its input to bf16 and its
-output back; the rest of the model keeps its dtype. Both are for decoding: with 64 rows (a prefill) they
-took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine.
+Torch's int8 kernel (`_weight_int8pack_mm`) takes one scale per row, which cannot hold Q8_0's blocks and
+rounds a row 32 times more coarsely; q8_0.c reads the blocks as they are at about its speed (measured
+below). Its int4 kernel is quick only with bf16 activations and scales (fed fp32, 6-14x slower on one
+row: `benchmarks/linear_layout.py --int8`), so Int4Weight casts its input to bf16 and its output back;
+the rest of the model keeps its dtype. The kernels are for decoding: with 64 rows (a prefill) torch's
+took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine, and Int8Weight dequantizes for more than
+32 rows and runs a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
 Q4_1, a minimum m), w = d q + m. That is the kernel's form with scale d and zero m + 8 d, so a GGUF
@@ -21,14 +25,20 @@ exactly, the scale and zero rounded from fp32 to the kernel's bf16 (2^-8 of each
 2^-8 (8 |d| + |m + 8 d|), a 32nd of a quantization step plus 2^-8 of the zero; tests/test_quantized.py checks
 the bound). A float weight is rounded to int4 by Q4_1's rule (`q4_1`), the codes gguf-py's quantizer gives.
 
+int8's blocks are Q8_0's: 32 codes and one fp16 scale, exactly, so a file's Q8_0 tensors run as stored
+too; a float weight is rounded by Q8_0's rule (`q8_0`, the codes gguf-py's quantizer gives).
+
 `quantize(model, "int8" | "int4")` gives every projection its compact form and drops its float weight.
 The output head tied to the embedding (the largest product in a small model, whose errors land right
-on the logits) is int8 in both, as llama.cpp keeps a Q4 model's token embedding in Q8_0 or Q6_K.
+on the logits) is int8 in both, as llama.cpp keeps a Q4 model's token embedding in Q8_0 (a Q4 file's
+Q8_0 embedding is that head's blocks, as stored).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -38,30 +48,103 @@ from scratchllm.layers.linear import Linear, TiedHead
 GROUP = 32  # weights per int4 group (llama.cpp's block)
 
 
-# A one-row int8 product (K, N) -> 1 x N from memory, 2 threads, AMD EPYC with AVX2 (2026-12-02,
-# `python benchmarks/linear_layout.py --int8`): 576 x 1536 74 us (bf16 x) against 101 bf16 F.linear and 140
-# fp32 oneDNN-packed; 2048 x 8192 992 against 1639 and 2319; 576 x 49152 (SmolLM2's head) 2518 against 3051
-# and 4130. Fed fp32 activations the kernel took 429 us at 576 x 1536 (in cache, against 46 with bf16).
+@dataclass
+class Q8Blocks:
+    """int8 codes in groups of 32 along each row, one scale per group (llama.cpp's Q8_0 block):
+    w[n, k] = codes[n, k] * scale[n, k // 32]."""
+
+    codes: torch.Tensor  # (out, in) int8
+    scale: torch.Tensor  # (out, ceil(in / 32)) fp32 (a file's fp16 scales, exactly)
+    kind: str  # "q8_0" (a GGUF file's blocks) or "q8_0 rule" (rounded here)
+
+    def dequantized(self) -> torch.Tensor:  # (out, in) fp32
+        rows, cols = self.codes.shape
+        codes = torch.nn.functional.pad(self.codes, (0, -cols % GROUP))  # whole groups: (out, groups * 32)
+        return (codes.view(rows, -1, GROUP).float() * self.scale[..., None]).view(rows, -1)[:, :cols]
+
+    @staticmethod
+    def cat(parts: list["Q8Blocks"]) -> "Q8Blocks":
+        """Parts stacked along the output rows (q, k and v into a fused qkv)."""
+        return Q8Blocks(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]),
+                        "+".join(sorted({p.kind for p in parts})))
+
+
+def q8_0(weight_out_in: torch.Tensor) -> Q8Blocks:
+    """Q8_0's rule (ggml's quantize_row_q8_0, gguf-py's Q8_0.quantize_blocks): in each group of 32, d =
+    max |w| / 127, q = w / d rounded half away from zero, then d stored in fp16. A row whose length is not
+    a multiple of 32 ends in a short group (as if padded with zeros, which is how the kernel reads it)."""
+    w = weight_out_in.detach().float()
+    rows, cols = w.shape
+    padded = torch.nn.functional.pad(w, (0, -cols % GROUP)).view(rows, -1, GROUP)
+    d = padded.abs().amax(-1) / 127  # (out, groups)
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    scaled = padded * inv[..., None]
+    codes = (scaled.sign() * (scaled.abs() + 0.5).floor()).to(torch.int8)  # half away from zero, as np_roundf
+    return Q8Blocks(codes.view(rows, -1)[:, :cols].contiguous(), d.half().float(), "q8_0 rule")
+
+
+# A product of a decoding step (x of 1 row) from memory, 2 threads, AMD EPYC with AVX2 (2026-12-02):
+# q8_0.c against torch's per-row int8 kernel (_weight_int8pack_mm, bf16 x), microseconds: 576 x 1536
+# 51 / 45, 1536 x 576 47 / 43, 576 x 49152 (SmolLM2's head) 1606 / 1865, 2048 x 8192 822 / 682; with 4
+# rows 81 / 93, 77 / 89, 2574 / 3576, 1448 / 1530. About the same speed, and a 32nd of a row shares a
+# scale instead of the whole row: Q8_0 is the int8 form here, and a GGUF file's Q8_0 blocks run as stored.
+# With more rows q8_0.c does one multiply-add per weight and row, unblocked: 32 rows took about fp32's
+# F.linear (656 against 561 us at 576 x 1536), 64 rows 1.5x and 256 rows 2.5-3x fp32's, where the
+# dequantized weight in fp32's product costs fp32's time plus the dequantizing (about 4 bytes written a weight).
+_NATIVE_ROWS = 32  # more rows than this (a prefill, a long scoring batch): dequantize, then a float product
+
+
+@lru_cache(maxsize=None)
+def _q8_0_kernel():
+    """q8_0.c's function (native.py builds it once per CPU), or None without a C compiler (said once)."""
+    import ctypes
+
+    from scratchllm.layers import native
+
+    lib = native.load("q8_0")
+    if lib is None:
+        warnings.warn(f"int8 products dequantize their weight at every call, which is slow: {native.why_not('q8_0')}")
+        return None
+    fn = lib.q8_0_matmul
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    return fn
+
+
 class Int8Weight:
-    """A weight (out, in) rounded to int8 per output row, w ~ q * scale[row] (symmetric, |q| <= 127).
+    """A weight (out, in) as Q8Blocks: int8 codes with one scale per 32 weights of a row. Decoding steps
+    multiply the codes as they are (q8_0.c); longer inputs get the dequantized weight in a float product.
     Inference-only state kept in place of the Linear's weight."""
 
-    def __init__(self, weight_out_in: torch.Tensor):
-        w = weight_out_in.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,): the largest entry of a row maps to 127
-        self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
-        self.scale = scale.to(torch.bfloat16)
+    def __init__(self, blocks: Q8Blocks):
+        self.out_features, self.in_features = blocks.codes.shape
+        self.kind = blocks.kind
+        pad = -self.in_features % GROUP  # the kernel takes whole groups: a short last group gets zero codes
+        self.codes = torch.nn.functional.pad(blocks.codes, (0, pad)).contiguous()  # (out, groups * 32) int8
+        self.scale = blocks.scale.float().contiguous()  # (out, groups)
 
     @property
     def nbytes(self) -> int:
-        return self.q.numel() + 2 * self.scale.numel()
+        return self.codes.numel() + 4 * self.scale.numel()
 
-    def dequantized(self) -> torch.Tensor:  # (out, in) in fp32: what the kernel multiplies by
-        return self.q.float() * self.scale.float()[:, None]
+    def blocks(self) -> Q8Blocks:
+        return Q8Blocks(self.codes[:, : self.in_features], self.scale, self.kind)
+
+    def dequantized(self) -> torch.Tensor:  # (out, in) fp32: what the kernel multiplies by
+        groups = self.codes.view(self.out_features, -1, GROUP).float() * self.scale[..., None]
+        return groups.view(self.out_features, -1)[:, : self.in_features]
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.size(-1)).to(torch.bfloat16), self.q, self.scale)
-        y = y.view(*x.shape[:-1], self.q.size(0)).to(x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        kernel = _q8_0_kernel() if flat.size(0) <= _NATIVE_ROWS and flat.device.type == "cpu" else None
+        if kernel is None:  # many rows, or no compiler: one float product
+            y = torch.nn.functional.linear(flat, self.dequantized().to(flat.dtype))
+        else:
+            rows = torch.nn.functional.pad(flat.float(), (0, self.codes.size(1) - self.in_features)).contiguous()
+            y = torch.empty(rows.size(0), self.out_features)
+            kernel(rows.data_ptr(), self.codes.data_ptr(), self.scale.data_ptr(), y.data_ptr(),
+                   rows.size(0), rows.size(1), self.out_features, torch.get_num_threads())
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if bias is None else y + bias
 
 
@@ -145,31 +228,37 @@ def int4_fits(in_features: int, out_features: int) -> bool:
     return in_features % GROUP == 0 and out_features % 16 == 0
 
 
-def quantize(model: nn.Module, kind: str, stored: dict[str, GroupQuantized] | None = None) -> int:
+def quantize(model: nn.Module, kind: str, stored: dict[str, GroupQuantized | Q8Blocks] | None = None) -> int:
     """Give every projection of `model` its `kind` ("int8" or "int4") form and drop the float weights of
     its Linears (the tied head keeps its table, which the embedding reads, and gets an int8 copy beside it).
-    int4: the codes in `stored` (module name -> GroupQuantized, a GGUF file's Q4 blocks) where given, Q4_1's
-    rule elsewhere; a Linear of a shape the int4 kernel cannot take (int4_fits) gets int8. For inference only: no
-    gradients, LoRA or export afterwards. Returns the bytes of quantized weights made."""
+    `stored`: a GGUF file's blocks by module name, used as they are: Q8_0 ones for int8 (and for int4 in a
+    file that mixes them with Q4 ones), Q4 ones for int4; the rest is rounded by Q4_1's or Q8_0's rule; a Linear of a shape the int4
+    kernel cannot take (int4_fits) gets int8. For inference only: no gradients, LoRA or export afterwards. Returns the bytes of quantized weights made."""
     if kind not in ("int8", "int4"):
         raise ValueError(f"unknown weight form {kind!r}")
     stored = stored or {}
+    # a Q4 file keeps some tensors in Q8_0 on purpose (llama.cpp's head): int4 runs that mix as it is, while
+    # int4 of an all-Q8_0 file rounds its projections to 4 bits, as asked
+    mixed = any(isinstance(b, GroupQuantized) for b in stored.values())
     made = 0
     with torch.no_grad():
         for name, module in list(model.named_modules()):
             if not isinstance(module, (Linear, TiedHead)) or module.quantized is not None:
                 continue
+            given = stored.get(name)  # a file's blocks for this module, used as they are where they fit the form
             if isinstance(module, Linear):
                 if module.lora is not None and not module.lora.merged:
                     raise ValueError("merge LoRA updates before quantizing")
                 weight = module.weight.t()  # (out, in)
-                if kind == "int4" and int4_fits(module.in_features, module.out_features):
-                    module.quantized = Int4Weight(stored[name] if name in stored else q4_1(weight))
+                if isinstance(given, Q8Blocks) and (kind == "int8" or mixed):
+                    module.quantized = Int8Weight(given)
+                elif kind == "int4" and int4_fits(module.in_features, module.out_features):
+                    module.quantized = Int4Weight(given if isinstance(given, GroupQuantized) else q4_1(weight))
                 else:
-                    module.quantized = Int8Weight(weight)
+                    module.quantized = Int8Weight(q8_0(weight))
                 module.weight = None  # the float copy goes: the compact form is what this model reads from now on
             else:
-                module.quantized = Int8Weight(module.weight)
+                module.quantized = Int8Weight(given if isinstance(given, Q8Blocks) else q8_0(module.weight))
             module.packed = None
             made += module.quantized.nbytes
     return made

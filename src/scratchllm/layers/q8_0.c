@@ -1,0 +1,77 @@
+/* Group-wise int8 times float: llama.cpp's Q8_0 blocks multiplied as they are stored.
+
+   y[m, n] = sum over groups g of  scale[n, g] * sum_{j < 32} q[n, 32 g + j] * x[m, 32 g + j]
+
+   q: (N, K) int8, scale: (N, K / 32) float, x: (M, K) float, y: (M, N) float; K a multiple of 32.
+   Torch has no kernel for this (its int8 one, _weight_int8pack_mm, takes one scale per row), so
+   layers/quantized.py compiles this file once per CPU (native.py) and calls it through ctypes for the
+   few rows of a decoding step. Each weight is read once per call, whatever M is: the products for all
+   M rows are made from the same 32 codes while they sit in registers. The rows n are split over
+   OpenMP threads; the process already runs torch's libgomp, which this library shares (same soname),
+   so torch's threads and these are one pool.
+
+   The sums are in fp32; their order differs from a float matmul's, so results match the dequantized
+   product to fp32 rounding, not bit for bit (tests/test_quantized.py). */
+#include <stdint.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#define GROUP 32
+#define ROWS 16 /* x rows one pass over a weight row serves; more rows take more passes (from L1) */
+
+int q8_0_matmul(const float *x, const int8_t *q, const float *scale, float *y,
+                int64_t M, int64_t K, int64_t N, int threads) {
+    if (M < 1 || K % GROUP != 0) return 1;
+    const int64_t groups = K / GROUP;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+      for (int64_t m0 = 0; m0 < M; m0 += ROWS) {
+        const int8_t *qn = q + n * K;
+        const float *sn = scale + n * groups;
+        const int64_t rows = M - m0 < ROWS ? M - m0 : ROWS;
+        const float *x0 = x + m0 * K;
+        float *y0 = y + m0 * N;
+#if defined(__AVX2__) && defined(__FMA__)
+        __m256 total[ROWS];
+        for (int64_t m = 0; m < rows; m++) total[m] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            /* 32 codes -> four vectors of 8 floats */
+            __m256i codes = _mm256_loadu_si256((const __m256i *)(qn + g * GROUP));
+            __m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+            __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+            __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+            __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+            __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+            __m256 d = _mm256_set1_ps(sn[g]);
+            for (int64_t m = 0; m < rows; m++) {
+                const float *xg = x0 + m * K + g * GROUP;
+                __m256 s = _mm256_mul_ps(w0, _mm256_loadu_ps(xg));
+                s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xg + 8), s);
+                s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xg + 16), s);
+                s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xg + 24), s);
+                total[m] = _mm256_fmadd_ps(d, s, total[m]);  /* the group's sum, scaled once */
+            }
+        }
+        for (int64_t m = 0; m < rows; m++) {  /* the 8 lanes' sum */
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(total[m]), _mm256_extractf128_ps(total[m], 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            y0[m * N + n] = _mm_cvtss_f32(h);
+        }
+#else
+        for (int64_t m = 0; m < rows; m++) {
+            const float *xm = x0 + m * K;
+            float total = 0.0f;
+            for (int64_t g = 0; g < groups; g++) {
+                float s = 0.0f;
+                for (int j = 0; j < GROUP; j++) s += (float)qn[g * GROUP + j] * xm[g * GROUP + j];
+                total += sn[g] * s;
+            }
+            y0[m * N + n] = total;
+        }
+#endif
+      }
+    }
+    return 0;
+}

@@ -16,7 +16,7 @@ below). Its int4 kernel is quick only with bf16 activations and scales (fed fp32
 row: `benchmarks/linear_layout.py --int8`), so Int4Weight casts its input to bf16 and its output back;
 the rest of the model keeps its dtype. The kernels are for decoding: with 64 rows (a prefill) torch's
 took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine, and Int8Weight dequantizes for more than
-32 rows and runs a float product.
+64 rows and runs a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
 Q4_1, a minimum m), w = d q + m. That is the kernel's form with scale d and zero m + 8 d, so a GGUF
@@ -88,10 +88,12 @@ def q8_0(weight_out_in: torch.Tensor) -> Q8Blocks:
 # 51 / 45, 1536 x 576 47 / 43, 576 x 49152 (SmolLM2's head) 1606 / 1865, 2048 x 8192 822 / 682; with 4
 # rows 81 / 93, 77 / 89, 2574 / 3576, 1448 / 1530. About the same speed, and a 32nd of a row shares a
 # scale instead of the whole row: Q8_0 is the int8 form here, and a GGUF file's Q8_0 blocks run as stored.
-# With more rows q8_0.c does one multiply-add per weight and row, unblocked: 32 rows took about fp32's
-# F.linear (656 against 561 us at 576 x 1536), 64 rows 1.5x and 256 rows 2.5-3x fp32's, where the
-# dequantized weight in fp32's product costs fp32's time plus the dequantizing (about 4 bytes written a weight).
-_NATIVE_ROWS = 32  # more rows than this (a prefill, a long scoring batch): dequantize, then a float product
+# With more rows q8_0.c does one multiply-add per weight and row, unblocked, while a float product of the
+# dequantized weight pays for dequantizing (a fresh fp32 copy) first. Measured (2 threads, AVX2 EPYC,
+# microseconds, kernel / dequantize + F.linear): 576 x 1536 at 32 rows 650 / 1244, 64 rows 1340 / 1846,
+# 96 rows 2070 / 2053, 128 rows 2891 / 2479; 1536 x 576 at 96 rows 2481 / 1814; the head (576 x 49152) at
+# 128 rows 99 / 155 ms. So the kernel up to 64 rows.
+_NATIVE_ROWS = 64  # more rows than this (a prefill, a long scoring batch): dequantize, then a float product
 
 
 @lru_cache(maxsize=None)

@@ -15,8 +15,8 @@ rounds a row 32 times more coarsely; q8_0.c reads the blocks as they are at abou
 below). Its int4 kernel is quick only with bf16 activations and scales (fed fp32, 6-14x slower on one
 row: `benchmarks/linear_layout.py --int8`), so Int4Weight casts its input to bf16 and its output back;
 the rest of the model keeps its dtype. The kernels are for decoding: with 64 rows (a prefill) torch's
-took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine, and Int8Weight dequantizes for more than
-64 rows and runs a float product.
+took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine, and Int8Weight dequantizes for more rows
+than `_NATIVE_ROWS` and runs a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
 Q4_1, a minimum m), w = d q + m. That is the kernel's form with scale d and zero m + 8 d, so a GGUF

@@ -85,11 +85,12 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype inference holds weights, activations and the KV cache in: auto is bf16 where the hardware
     multiplies bf16 natively (a GPU that supports it, a CPU with AVX512-BF16 or AMX: decoding SmolLM2 there
     is 1.5-1.65x faster than in fp32, benchmarks/chat.py), fp32 elsewhere. int8, int4 (weight-only, on the
-    CPU): the projections' weights in that form (ModelSpec.quantize), everything else as auto."""
+    CPU): the projections' weights in that form (ModelSpec.quantize), everything else in fp32, which is what
+    their kernels (layers/q8_0.c, q4_1.c) and the one-call decoding step (layers/llama_step.c) take."""
     if name in ("int8", "int4"):
         if device.type != "cpu":
             raise ScratchLLMError(f"--precision {name} runs on the CPU (its weight-only {name} kernel); use bf16 on a GPU")
-        name = "auto"
+        name = "fp32"
     _check(name)
     if name == "auto":
         fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()

@@ -58,7 +58,8 @@ def load(name: str) -> ctypes.CDLL | None:
     if cc is None:
         _why_not[name] = "no C compiler (cc, gcc or clang) on PATH"
         return None
-    code = source.read_bytes()
+    # the file and every other source beside it (a kernel may #include another): a change to any rebuilds
+    code = source.read_bytes() + b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.[ch]")) if p != source)
     version = _compiler_version(cc)
     folder = cache_dir() / "kernels"
     errors = []

@@ -20,6 +20,35 @@
 #define GROUP 32
 #define ROWS 16 /* x rows one pass over a weight row serves; more rows take more passes (from L1) */
 
+/* one weight row's groups against one x row: the building block of llama_step.c's decoding step */
+static inline float q8_0_row(const int8_t *qn, const float *sn, const float *x, int64_t groups) {
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 total = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m256i codes = _mm256_loadu_si256((const __m256i *)(qn + g * GROUP));
+        __m128i lo = _mm256_castsi256_si128(codes), hi = _mm256_extracti128_si256(codes, 1);
+        const float *xg = x + g * GROUP;
+        __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(xg));
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xg + 8), s);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(xg + 16), s);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xg + 24), s);
+        total = _mm256_fmadd_ps(_mm256_set1_ps(sn[g]), s, total);
+    }
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+#else
+    float total = 0.0f;
+    for (int64_t g = 0; g < groups; g++) {
+        float s = 0.0f;
+        for (int j = 0; j < GROUP; j++) s += (float)qn[g * GROUP + j] * x[g * GROUP + j];
+        total += sn[g] * s;
+    }
+    return total;
+#endif
+}
+
 int q8_0_matmul(const float *x, const int8_t *q, const float *scale, float *y,
                 int64_t M, int64_t K, int64_t N, int threads) {
     if (M < 1 || K % GROUP != 0) return 1;

@@ -6,24 +6,24 @@ the product unpacks them inside itself rather than into a float copy. Both forms
     int8  Int8Weight   w[n, k] = q[n, k] * scale[n, g]                       q in -127..127, g = k // 32
                        (Q8_0; q8_0.c, our own kernel, compiled once per CPU): a quarter of fp32's bytes,
                        plus 4 of scale per 32 weights
-    int4  Int4Weight   w[n, k] = (q[n, k] - 8) * scale[n, g] + zero[n, g]    q in 0..15
-                       (Q4_0 / Q4_1; aten._weight_int4pack_mm_for_cpu): an eighth of fp32's bytes, plus 4
-                       bytes of scale and zero per 32 weights
+    int4  Int4Weight   w[n, k] = q[n, k] * d[n, g] + m[n, g]                 q in 0..15
+                       (Q4_0 / Q4_1; q4_1.c, ours too): an eighth of fp32's bytes, plus 8 bytes of
+                       scale and minimum per 32 weights
 
 Torch's int8 kernel (`_weight_int8pack_mm`) takes one scale per row, which cannot hold Q8_0's blocks and
 rounds a row 32 times more coarsely; q8_0.c reads the blocks as they are at about its speed (measured
-below). Its int4 kernel is quick only with bf16 activations and scales (fed fp32, 6-14x slower on one
-row: `benchmarks/linear_layout.py --int8`), so Int4Weight casts its input to bf16 and its output back;
-the rest of the model keeps its dtype. The kernels are for decoding: with 64 rows (a prefill) torch's
-took 2-2.5x fp32's oneDNN-packed product on the AVX2 machine, and Int8Weight dequantizes for more rows
-than `_NATIVE_ROWS` and runs a float product.
+below). Torch's int4 kernel (`_weight_int4pack_mm_for_cpu`) takes its scales and activations in bf16 only
+(fed fp32, 6-14x slower on one row: `benchmarks/linear_layout.py --int8`), which rounds a Q4_1 file's
+scales and minimums; q4_1.c multiplies them as stored, in fp32, at 0.65-1.2x its speed on one row (AMD EPYC
+AVX512-BF16, 2 threads, 2026-12-03: 576 x 960 26 / 25 us, 576 x 3072 67-90 / 57-66, 1536 x 576 42-47 /
+33-40, ours / torch's; 2-3x slower than torch's at 4 rows), and is what the one-call decoding step
+(llama_step.c) is built from, where the step's overhead, not the product, was the cost. Both kernels are
+for decoding: for more rows than `_NATIVE_ROWS` (a prefill) the weight is dequantized for a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
-Q4_1, a minimum m), w = d q + m. That is the kernel's form with scale d and zero m + 8 d, so a GGUF
-file's Q4 blocks run as they are stored (interop/gguf.py reads them with `keep_blocks`): the 4-bit codes
-exactly, the scale and zero rounded from fp32 to the kernel's bf16 (2^-8 of each: a weight moves by at most
-2^-8 (8 |d| + |m + 8 d|), a 32nd of a quantization step plus 2^-8 of the zero; tests/test_quantized.py checks
-the bound). A float weight is rounded to int4 by Q4_1's rule (`q4_1`), the codes gguf-py's quantizer gives.
+Q4_1, a minimum m; Q4_0's is -8 d), w = d q + m, so a GGUF file's Q4 blocks run as they are stored
+(interop/gguf.py reads them with `keep_blocks`). A float weight is rounded to int4 by Q4_1's rule (`q4_1`),
+the codes gguf-py's quantizer gives.
 
 int8's blocks are Q8_0's: 32 codes and one fp16 scale, exactly, so a file's Q8_0 tensors run as stored
 too; a float weight is rounded by Q8_0's rule (`q8_0`, the codes gguf-py's quantizer gives).
@@ -96,20 +96,23 @@ def q8_0(weight_out_in: torch.Tensor) -> Q8Blocks:
 _NATIVE_ROWS = 64  # more rows than this (a prefill, a long scoring batch): dequantize, then a float product
 
 
+_ARGUMENTS = {"q8_0": 4, "q4_1": 5}  # pointer arguments of each kernel's matmul (then M, K, N, threads)
+
+
 @lru_cache(maxsize=None)
-def _q8_0_kernel():
-    """q8_0.c's function (native.py builds it once per CPU), or None without a C compiler (said once)."""
+def _kernel(name: str):
+    """{name}.c's matmul (native.py builds it once per CPU), or None without a C compiler (said once)."""
     import ctypes
 
     from scratchllm.layers import native
 
-    lib = native.load("q8_0")
+    lib = native.load(name)
     if lib is None:
-        warnings.warn(f"int8 products dequantize their weight at every call, which is slow: {native.why_not('q8_0')}")
+        warnings.warn(f"{name} products dequantize their weight at every call, which is slow: {native.why_not(name)}")
         return None
-    fn = lib.q8_0_matmul
+    fn = getattr(lib, f"{name}_matmul")
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * _ARGUMENTS[name] + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return fn
 
 
@@ -138,7 +141,7 @@ class Int8Weight:
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
         flat = x.reshape(-1, self.in_features)
-        kernel = _q8_0_kernel() if flat.size(0) <= _NATIVE_ROWS and flat.device.type == "cpu" else None
+        kernel = _kernel("q8_0") if flat.size(0) <= _NATIVE_ROWS and flat.device.type == "cpu" else None
         if kernel is None:  # many rows, or no compiler: one float product
             y = torch.nn.functional.linear(flat, self.dequantized().to(flat.dtype))
         else:
@@ -187,33 +190,42 @@ def q4_1(weight_out_in: torch.Tensor) -> GroupQuantized:
 
 
 class Int4Weight:
-    """A weight (out, in) as 4-bit codes in groups of 32 (GroupQuantized), packed for torch's CPU kernel.
+    """A weight (out, in) as 4-bit codes in groups of 32 (GroupQuantized) in GGUF's Q4 layout: two codes a
+    byte, a group's 16 bytes holding its codes j (low nibble) and j + 16 (high nibble), and per group an
+    fp32 scale d and minimum m, w = d q + m: a file's Q4_0 / Q4_1 values exactly. Decoding steps multiply
+    the codes as they are (q4_1.c); longer inputs get the dequantized weight in a float product.
     Inference-only state kept in place of the Linear's weight."""
 
     def __init__(self, groups: GroupQuantized):
         self.out_features, self.in_features = groups.codes.shape
         self.kind = groups.kind
-        # the kernel's layout: codes two to a byte in its own tile order; scale and zero (in / 32, out, 2)
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(groups.codes.to(torch.int32).contiguous(), 1)
-        self.scale_zero = torch.stack([groups.scale.t(), groups.zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+        codes = groups.codes.view(self.out_features, -1, GROUP)
+        self.codes = (codes[..., :16] | (codes[..., 16:] << 4)).reshape(self.out_features, -1).contiguous()  # (out, in / 2)
+        self.scale = groups.scale.float().contiguous()  # (out, in / 32)
+        self.min = (groups.zero - 8 * groups.scale).float().contiguous()  # Q4_1's m (Q4_0: -8 d), from the kernel-form zero
 
     @property
     def nbytes(self) -> int:
-        return self.packed.numel() + 2 * self.scale_zero.numel()
+        return self.codes.numel() + 4 * (self.scale.numel() + self.min.numel())
+
+    def _codes(self) -> torch.Tensor:  # (out, in) uint8, 0..15
+        packed = self.codes.view(self.out_features, -1, 16)
+        return torch.cat([packed & 0x0F, packed >> 4], dim=-1).view(self.out_features, self.in_features)
 
     def dequantized(self) -> torch.Tensor:  # (out, in) fp32: what the kernel multiplies by
-        scale, zero = self.scale_zero.float().unbind(-1)  # (in / 32, out) each
-        return GroupQuantized(self._codes(), scale.t(), zero.t(), self.kind).dequantized()
-
-    def _codes(self) -> torch.Tensor:
-        """The codes back from the packed layout: the product of the identity with zero scale offsets."""
-        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
-        unit = torch.stack([torch.ones_like(self.scale_zero[..., 0]), torch.zeros_like(self.scale_zero[..., 1])], -1)
-        return (torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, GROUP, unit).float() + 8).round().t().to(torch.uint8)
+        groups = self._codes().view(self.out_features, -1, GROUP).float() * self.scale[..., None] + self.min[..., None]
+        return groups.view(self.out_features, self.in_features)
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scale_zero)
+        flat = x.reshape(-1, self.in_features)
+        kernel = _kernel("q4_1") if flat.size(0) <= _NATIVE_ROWS and flat.device.type == "cpu" else None
+        if kernel is None:  # many rows, or no compiler: one float product
+            y = torch.nn.functional.linear(flat, self.dequantized().to(flat.dtype))
+        else:
+            rows = flat.float().contiguous()
+            y = torch.empty(rows.size(0), self.out_features)
+            kernel(rows.data_ptr(), self.codes.data_ptr(), self.scale.data_ptr(), self.min.data_ptr(), y.data_ptr(),
+                   rows.size(0), rows.size(1), self.out_features, torch.get_num_threads())
         y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if bias is None else y + bias
 
@@ -226,8 +238,8 @@ def quantized_form(model: nn.Module) -> str | None:
 
 
 def int4_fits(in_features: int, out_features: int) -> bool:
-    """The kernel's shapes: whole groups along the input, outputs in tiles of 16."""
-    return in_features % GROUP == 0 and out_features % 16 == 0
+    """The kernel's shapes: whole groups along the input."""
+    return in_features % GROUP == 0
 
 
 def quantize(model: nn.Module, kind: str, stored: dict[str, GroupQuantized | Q8Blocks] | None = None) -> int:

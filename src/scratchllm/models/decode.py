@@ -225,7 +225,7 @@ class Engine:
     """
 
     def __init__(self, model: nn.Module, max_batch: int = 8, max_len: int | None = None, *, on_full: str = "slide",
-                 use_cache: bool = True, first_position: int = 0):
+                 use_cache: bool = True, first_position: int = 0, fused: bool = True):
         spec = spec_of(model)
         if spec.generation is None:
             raise ScratchLLMError(f"a {spec.model_type} model does not generate text from a prompt")
@@ -242,6 +242,8 @@ class Engine:
         self.on_full, self.first_position = on_full, first_position  # PaliGemma counts positions from 1
         self.cached = use_cache and spec.generation == "cached"  # a bigram has nothing to cache
         self.cache = model.new_cache(max_batch, self.max_len, self.dtype, self.device) if self.cached else None
+        # a lone request's step in one call where the model type has one for these weights (int8 / int4 Llama)
+        self.fused = spec.fused_step(model, self.cache) if fused and self.cached and spec.fused_step else None
         self.rows: list[_Row | None] = [None] * max_batch
         self.kept: list[list[int]] = [[] for _ in range(max_batch)]  # tokens each row holds, fed in order
         self.reusable = [False] * max_batch  # a row's kept tokens stand for its cache (not after image embeds)
@@ -390,10 +392,13 @@ class Engine:
         if len(stepping) == 1:  # alone: its own row of the cache, no mask
             r = stepping[0]
             length = len(self.kept[r.index])
-            view = self.cache.rows(r.index, r.index + 1, length=length)
-            token = torch.tensor([[r.last]], device=self.device)
-            positions = torch.tensor([[length + self.first_position]], device=self.device)
-            logits[r.index] = self.model(token, positions=positions, cache=view)[:, -1]
+            if self.fused is not None:
+                logits[r.index] = self.fused.step(r.last, length + self.first_position, r.index)
+            else:
+                view = self.cache.rows(r.index, r.index + 1, length=length)
+                token = torch.tensor([[r.last]], device=self.device)
+                positions = torch.tensor([[length + self.first_position]], device=self.device)
+                logits[r.index] = self.model(token, positions=positions, cache=view)[:, -1]
         elif stepping:
             logits.update(self._step_together(stepping))
         for r in stepping:

@@ -191,6 +191,9 @@ class ModelSpec:
     # the config (a fused qkv holds q, k and v side by side). None: no LoRA. See layers/linear.py, train/finetune.py
     lora_targets: Callable[[Any], dict[str, tuple[str, int, int]]] | None = None
     quantizable: bool = False  # its projections can decode from int8 or int4 weights (`--precision int8|int4`, layers/quantized.py)
+    # (model, KV cache) -> an object whose step(token, position, row) gives one token's logits in one call, or
+    # None where this model cannot have one (models/llama_step.py); None: the engine runs the forward pass
+    fused_step: Callable[[nn.Module, Any], Any] | None = None
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)

@@ -1,0 +1,135 @@
+"""A Llama's decoding step as one call into C (layers/llama_step.c) when its weights are int8 / int4.
+
+Decoding one token in torch is ~62 operator calls a layer, each costing microseconds of dispatch for a few
+hundred numbers: for SmolLM2-135M in int4 that was two thirds of the step (the profile in the notes).
+`FusedStep` hands the C step pointers to the model's own tensors (the compact weights as layers/quantized.py
+keeps them, the fp32 norms and embedding, the engine's KV cache), so nothing is copied and a prefill by the
+model's forward pass and the steps after it share one cache. It serves a model whose every projection and
+head is int8 or int4 and whose rest is fp32 (`--precision int8|int4`), without QK-norm; `fused_step` says
+why not otherwise, and the engine then runs the model's forward pass, which gives the same logits to fp32
+rounding (tests/test_fused_step.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+
+import torch
+
+from scratchllm.layers import KVCache
+from scratchllm.layers.quantized import Int4Weight, Int8Weight
+
+
+class _QWeight(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int32), ("in_", ctypes.c_int32), ("out", ctypes.c_int32),
+                ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("min", ctypes.c_void_p)]
+
+
+_FloatP = ctypes.POINTER(ctypes.c_float)
+
+
+class _LlamaStep(ctypes.Structure):
+    _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
+                ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("hidden", ctypes.c_int32),
+                ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("attn_norm", ctypes.POINTER(ctypes.c_void_p)),
+                ("mlp_norm", ctypes.POINTER(ctypes.c_void_p)), ("final_norm", ctypes.c_void_p),
+                ("qkv", ctypes.POINTER(_QWeight)), ("proj", ctypes.POINTER(_QWeight)),
+                ("gate_up", ctypes.POINTER(_QWeight)), ("down", ctypes.POINTER(_QWeight)), ("head", ctypes.POINTER(_QWeight)),
+                ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+                ("layer_stride", ctypes.c_int64), ("head_stride", ctypes.c_int64),
+                ("scratch", ctypes.c_void_p), ("max_len", ctypes.c_int64)]
+
+
+@lru_cache(maxsize=None)
+def _library():
+    from scratchllm.layers import native
+
+    lib = native.load("llama_step")
+    if lib is None:
+        return None
+    lib.llama_step.restype = ctypes.c_int
+    lib.llama_step.argtypes = [ctypes.POINTER(_LlamaStep), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.llama_step_scratch.restype = ctypes.c_int64
+    lib.llama_step_scratch.argtypes = [ctypes.c_int32] * 5 + [ctypes.c_int64]
+    return lib
+
+
+def _weight(q) -> _QWeight:
+    if isinstance(q, Int8Weight):
+        return _QWeight(8, q.codes.size(1), q.out_features, q.codes.data_ptr(), q.scale.data_ptr(), None)
+    return _QWeight(4, q.in_features, q.out_features, q.codes.data_ptr(), q.scale.data_ptr(), q.min.data_ptr())
+
+
+def why_not_fused(model) -> str | None:
+    """Why `FusedStep` cannot serve this model (None: it can)."""
+    from scratchllm.layers import native
+
+    c = model.config
+    if c.qk_norm or c.norm_offset != 0.0 or c.mlp_activation != "silu" or c.scale_embeddings:
+        return "only Llama's own block (no QK-norm, Gemma's norms or GeGLU) has a fused step"
+    linears = [b.attn.qkv for b in model.blocks] + [b.attn.proj for b in model.blocks] + \
+        [b.mlp.gate_up for b in model.blocks] + [b.mlp.down for b in model.blocks] + [model.lm_head]
+    if any(not isinstance(m.quantized, (Int8Weight, Int4Weight)) for m in linears):
+        return "the fused step multiplies int8 / int4 weights only (--precision int8 or int4)"
+    if any(getattr(m, "bias", None) is not None for m in linears) or any(m.quantized.in_features % 32 for m in linears):
+        return "a projection with a bias, or a width not a multiple of 32"
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        return "the fused step runs the rest of the model in fp32 on the CPU"
+    if c.head_size > 1024:
+        return "heads wider than 1024"
+    if _library() is None:
+        return native.why_not("llama_step")
+    return None
+
+
+class FusedStep:
+    """`step(token, position, row)` -> logits (1, vocab): the model's forward pass of one token at `position`
+    of cache row `row` (which holds positions 0 .. position - 1), written into that row, in one C call."""
+
+    def __init__(self, model, cache: KVCache):
+        c = model.config
+        self.model, self.cache, self.lib = model, cache, _library()
+        self._keep = []  # the ctypes arrays the struct points into
+        blocks = model.blocks
+        weights = {name: (_QWeight * c.n_layer)(*(_weight(getattr(getattr(b, part), name).quantized) for b in blocks))
+                   for part, name in (("attn", "qkv"), ("attn", "proj"), ("mlp", "gate_up"), ("mlp", "down"))}
+        head = _weight(model.lm_head.quantized)
+        norms = {k: (ctypes.c_void_p * c.n_layer)(*(getattr(b, k).weight.data_ptr() for b in blocks))
+                 for k in ("attn_norm", "mlp_norm")}
+        self._keep += [weights, head, norms]
+        if cache.k.dtype != torch.float32 or not cache.k.is_contiguous():
+            raise ValueError("the fused step needs a contiguous fp32 KV cache")
+        n_layers, batch, kv, max_len, d = cache.k.shape
+        self.row_stride = kv * max_len * d  # floats from one row's layer-0 block to the next row's
+        hidden = blocks[0].mlp.down.in_features
+        size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len)
+        self.scratch = torch.empty(size)
+        self.rope = model._rope_tables(max_len + 1, torch.device("cpu"))  # (N, 2, head_dim): cos, signed sin
+        self.logits = torch.empty(model.lm_head.quantized.out_features)
+        self.args = _LlamaStep(
+            n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,
+            hidden=hidden, eps=c.norm_eps, embed=model.embed.weight.data_ptr(), attn_norm=norms["attn_norm"],
+            mlp_norm=norms["mlp_norm"], final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
+            proj=weights["proj"], gate_up=weights["gate_up"], down=weights["down"], head=ctypes.pointer(head),
+            k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
+            head_stride=max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len)
+        self._base = (cache.k.data_ptr(), cache.v.data_ptr())
+
+    def step(self, token: int, position: int, row: int) -> torch.Tensor:
+        if not 0 <= position < self.cache.max_len:
+            raise ValueError(f"position {position} is outside the cache's {self.cache.max_len}")
+        table = self.rope[position]  # (2, head_dim): this position's cos and signed sin
+        offset = row * self.row_stride * 4  # bytes
+        self.args.k_cache, self.args.v_cache = self._base[0] + offset, self._base[1] + offset
+        done = self.lib.llama_step(ctypes.byref(self.args), token, position, table[0].data_ptr(), table[1].data_ptr(),
+                                   self.logits.data_ptr(), torch.get_num_threads())
+        if done != 0:
+            raise RuntimeError(f"llama_step failed ({done})")
+        return self.logits.clone()[None]
+
+
+def fused_step(model, cache: KVCache) -> FusedStep | None:
+    """The model's one-call decoding step over `cache`, or None where `why_not_fused` says it has none."""
+    return None if why_not_fused(model) is not None else FusedStep(model, cache)

@@ -1,0 +1,110 @@
+"""The one-call decoding step (layers/llama_step.c, models/llama_step.py): the same logits and KV cache as the
+model's own forward pass to fp32 rounding, in any row of the engine's cache, on one thread or two; the engine
+takes it for an int8 / int4 Llama and the model's forward pass for everything else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchllm.layers.quantized import quantize
+from scratchllm.models.decode import GREEDY, Engine, Request
+from scratchllm.models.llama import Llama, LlamaConfig
+from scratchllm.models.llama_step import FusedStep, fused_step, why_not_fused
+
+
+def _model(kind: str | None, tie: bool = True, **changes) -> Llama:
+    torch.manual_seed(0)
+    config = dict(vocab_size=96, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, tie_embeddings=tie)
+    model = Llama(LlamaConfig(**{**config, **changes})).eval()
+    with torch.no_grad():  # weights of some size, so that the products and the softmax do something
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    if kind is not None:
+        quantize(model, kind)
+    return model
+
+
+needs_compiler = pytest.mark.skipif(why_not_fused(_model("int4")) is not None, reason="no C compiler to build llama_step.c")
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind, tie", [("int4", True), ("int4", False), ("int8", True), ("int8", False)])
+def test_the_fused_step_gives_the_forward_pass_logits_and_cache(kind, tie):
+    """Row 1 of a 3-row cache, prefilled by the forward pass, then 8 steps each way: logits and every layer's
+    keys and values within fp32 rounding of the forward pass's (sums in another order), rows 0 and 2 untouched."""
+    model = _model(kind, tie)
+    ids = torch.randint(0, 96, (1, 14))
+    with torch.inference_mode():
+        cache = model.new_cache(3, 32, torch.float32, "cpu")
+        model(ids[:, :6], cache=cache.rows(1, 2, 0))
+        step = fused_step(model, cache)
+        assert isinstance(step, FusedStep)
+        reference = model.new_cache(1, 32, torch.float32, "cpu")
+        model(ids[:, :6], cache=reference)
+        for t in range(6, 14):
+            got = step.step(int(ids[0, t]), t, 1)
+            want = model(ids[:, t:t + 1], cache=reference)[:, -1]
+            assert got.shape == want.shape == (1, 96)
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    for mine, theirs in ((cache.k, reference.k), (cache.v, reference.v)):
+        assert (mine[:, 1, :, :14] - theirs[:, 0, :, :14]).abs().max() <= 1e-5 * theirs.abs().max()
+        assert mine[:, [0, 2]].abs().max() == 0 and mine[:, 1, :, 14:].abs().max() == 0
+
+
+@needs_compiler
+def test_the_fused_step_gives_the_same_bits_on_one_thread_or_two():
+    """Each output of a product and each head's attention is summed by one thread in one order."""
+    model = _model("int4")
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                step = fused_step(model, model.new_cache(1, 16, torch.float32, "cpu"))
+                out.append(torch.cat([step.step(t, i, 0) for i, t in enumerate([5, 17, 3, 90])]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1])
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_the_engine_decodes_with_it_and_says_the_same_tokens(kind):
+    """Greedy, the engine's replies with the fused step equal those of the forward pass (alone and beside another
+    request, which steps both rows through the forward pass), and a row that slides past its context too."""
+    model = _model(kind)
+    fused, plain = Engine(model, 2, 24), Engine(model, 2, 24, fused=False)
+    assert fused.fused is not None and plain.fused is None
+    prompts = [[1, 5, 9, 33], [7, 7, 2]]
+    for engine in (fused, plain):
+        engine.replies = []
+        for prompt in prompts:  # one at a time: the fused step
+            tokens = [t.token for t in engine.add(Request(prompt, GREEDY.replace(max_tokens=40)))]
+            while engine.running:
+                tokens += [t.token for t in engine.step()]
+            engine.replies.append(tokens)
+        both = [[t.token for t in engine.add_all([Request(p, GREEDY.replace(max_tokens=10)) for p in prompts])]]
+        while engine.running:
+            both.append([t.token for t in engine.step()])
+        engine.replies.append(both)
+    assert fused.replies == plain.replies
+    assert len(fused.replies[0]) == 40  # past the 24-position rows: slid and prefilled again
+
+
+def test_only_an_int8_or_int4_llama_block_has_one():
+    assert "int8 / int4" in why_not_fused(_model(None))
+    assert "QK-norm" in why_not_fused(_model("int4", qk_norm=True))
+    assert "Llama's own block" in why_not_fused(_model("int4", norm_offset=1.0))
+    assert Engine(_model(None), 1, 16).fused is None  # fp32 weights: the forward pass
+    assert Engine(_model("int4"), 1, 16, use_cache=False).fused is None
+
+
+@needs_compiler
+def test_a_position_outside_the_cache_is_refused():
+    model = _model("int8")
+    with torch.inference_mode():
+        step = fused_step(model, model.new_cache(1, 8, torch.float32, "cpu"))
+        with pytest.raises(ValueError, match="outside the cache"):
+            step.step(3, 8, 0)

@@ -23,28 +23,35 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "q4_1.c"
 #include "q8_0.c"
 
+enum { Q8_0 = 8, Q4 = 4, F32_IN_OUT = 32, BF16_IN_OUT = 16, F32_OUT_IN = 33, BF16_OUT_IN = 17 };
+
 typedef struct {
-    int32_t kind;      /* 8 or 4 */
-    int32_t in, out;   /* in: a multiple of 32 */
-    const void *codes; /* kind 8: (out, in) int8; kind 4: (out, in / 2) uint8 */
-    const float *scale;  /* (out, in / 32) */
-    const float *min;    /* kind 4: (out, in / 32) */
+    int32_t kind;      /* one of the above: a compact form, or a float matrix in our Linear's (in, out) layout
+                          or nn.Linear's (out, in) (a head tied to the embedding table) */
+    int32_t in, out;   /* compact forms: in a multiple of 32 */
+    const void *codes; /* Q8_0: (out, in) int8; Q4: (out, in / 2) uint8; float kinds: the matrix */
+    const float *scale;  /* compact forms: (out, in / 32) */
+    const float *min;    /* Q4: (out, in / 32) */
 } QWeight;
 
 typedef struct {
     int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, hidden;
+    int32_t bf16;                     /* the embedding, norms and cache are bf16 (else fp32) */
     float eps;
-    const float *embed;               /* (vocab, dim) */
-    const float *const *attn_norm;    /* n_layers pointers to (dim,) */
-    const float *const *mlp_norm;
-    const float *final_norm;
+    const void *embed;                /* (vocab, dim) */
+    const void *const *attn_norm;     /* n_layers pointers to (dim,) */
+    const void *const *mlp_norm;
+    const void *final_norm;
     const QWeight *qkv, *proj, *gate_up, *down; /* n_layers each */
     const QWeight *head;
-    float *k_cache, *v_cache;         /* this row's layer 0, kv head 0, position 0 */
+    void *k_cache, *v_cache;          /* this row's layer 0, kv head 0, position 0 */
     int64_t layer_stride, head_stride; /* floats between layers, between kv heads */
     float *scratch;                   /* llama_step_scratch floats */
     int64_t max_len;
@@ -57,31 +64,156 @@ int64_t llama_step_scratch(int32_t dim, int32_t n_heads, int32_t n_kv_heads, int
            + (int64_t)n_heads * max_len + 3 * (int64_t)hidden + widest / 32 + 16;
 }
 
+static inline float bf16_to_float(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);  /* NaN stays NaN */
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* one element of a float vector of either dtype */
+static inline float load(const void *p, int64_t i, int bf16) {
+    return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* y[n0:n1] (+)= x W[:, n0:n1] for W (in, out) row-major: a thread's own columns, summed over the rows in order
+   (the same order whatever the thread count), four rows of W per pass over its accumulator */
+static void columns_in_out(const QWeight *w, const float *x, float *y, int64_t n0, int64_t n1, int accumulate) {
+    float acc[512];
+    const int64_t out = w->out, in = w->in;
+    for (int64_t c0 = n0; c0 < n1; c0 += 512) {
+        const int64_t width = n1 - c0 < 512 ? n1 - c0 : 512;
+        for (int64_t j = 0; j < width; j++) acc[j] = 0.0f;
+        int64_t k = 0;
+        if (w->kind == F32_IN_OUT) {
+            const float *W = (const float *)w->codes;
+            for (; k + 4 <= in; k += 4) {
+                const float *r0 = W + k * out + c0, *r1 = r0 + out, *r2 = r1 + out, *r3 = r2 + out;
+                const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+                for (int64_t j = 0; j < width; j++) acc[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j];
+            }
+            for (; k < in; k++)
+                for (int64_t j = 0; j < width; j++) acc[j] += x[k] * W[k * out + c0 + j];
+        } else {
+            const uint16_t *W = (const uint16_t *)w->codes;
+            for (; k + 4 <= in; k += 4) {
+                const uint16_t *r0 = W + k * out + c0, *r1 = r0 + out, *r2 = r1 + out, *r3 = r2 + out;
+                const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+                for (int64_t j = 0; j < width; j++)
+                    acc[j] += x0 * bf16_to_float(r0[j]) + x1 * bf16_to_float(r1[j]) + x2 * bf16_to_float(r2[j])
+                              + x3 * bf16_to_float(r3[j]);
+            }
+            for (; k < in; k++)
+                for (int64_t j = 0; j < width; j++) acc[j] += x[k] * bf16_to_float(W[k * out + c0 + j]);
+        }
+        for (int64_t j = 0; j < width; j++) y[c0 + j] = accumulate ? y[c0 + j] + acc[j] : acc[j];
+    }
+}
+
+/* a . b over n floats (b fp32; a fp32, or bf16 when a_bf16): vector lanes and two accumulators, the lanes'
+   sum at the end; the scalar tail in order */
+static inline float dot(const void *a, int a_bf16, const float *b, int64_t n) {
+    int64_t k = 0;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    if (a_bf16) {
+        const uint16_t *p = (const uint16_t *)a;
+        for (; k + 32 <= n; k += 32) {
+            __m512 a0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + k))), 16));
+            __m512 a1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + k + 16))), 16));
+            s0 = _mm512_fmadd_ps(a0, _mm512_loadu_ps(b + k), s0);
+            s1 = _mm512_fmadd_ps(a1, _mm512_loadu_ps(b + k + 16), s1);
+        }
+    } else {
+        const float *p = (const float *)a;
+        for (; k + 32 <= n; k += 32) {
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(p + k), _mm512_loadu_ps(b + k), s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(p + k + 16), _mm512_loadu_ps(b + k + 16), s1);
+        }
+    }
+    s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    if (a_bf16) {
+        const uint16_t *p = (const uint16_t *)a;
+        for (; k + 16 <= n; k += 16) {
+            __m256 a0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + k))), 16));
+            __m256 a1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + k + 8))), 16));
+            s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b + k), s0);
+            s1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b + k + 8), s1);
+        }
+    } else {
+        const float *p = (const float *)a;
+        for (; k + 16 <= n; k += 16) {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + k), _mm256_loadu_ps(b + k), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + k + 8), _mm256_loadu_ps(b + k + 8), s1);
+        }
+    }
+    __m256 t = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    s = _mm_cvtss_f32(h);
+#endif
+    for (; k < n; k++) s += load(a, k, a_bf16) * b[k];
+    return s;
+}
+
+/* one output of W (out, in) row-major: a float row dotted with x */
+static inline float row_out_in(const QWeight *w, int64_t n, const float *x) {
+    const int bf16 = w->kind == BF16_OUT_IN;
+    return dot((const char *)w->codes + n * w->in * (bf16 ? 2 : 4), bf16, x, w->in);
+}
+
 /* y = W x (accumulate: y += W x); called by every thread of the region */
 static void matvec(const QWeight *w, const float *x, float *y, float *sums, int accumulate) {
+    if (w->kind == F32_IN_OUT || w->kind == BF16_IN_OUT) {
+        /* each thread its own block of columns, whole cache lines (16 floats) of y each */
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        const int64_t lines = (w->out + 15) / 16;
+        int64_t n0 = lines * t / T * 16, n1 = lines * (t + 1) / T * 16;
+        n1 = n1 < w->out ? n1 : w->out;
+        if (n0 < n1) columns_in_out(w, x, y, n0, n1, accumulate);
+#pragma omp barrier
+        return;
+    }
     const int64_t groups = w->in / 32;
-    if (w->kind == 4) {
+    if (w->kind == Q4) {
 #pragma omp single
         q4_group_sums(x, sums, groups);
     }
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < w->out; n++) {
         float v;
-        if (w->kind == 4) {
+        if (w->kind == Q4) {
             v = q4_1_row((const uint8_t *)w->codes + n * (w->in / 2), w->scale + n * groups, x, groups)
                 + q4_min_term(w->min + n * groups, sums, groups);
-        } else {
+        } else if (w->kind == Q8_0) {
             v = q8_0_row((const int8_t *)w->codes + n * w->in, w->scale + n * groups, x, groups);
+        } else {
+            v = row_out_in(w, n, x);
         }
         y[n] = accumulate ? y[n] + v : v;
     }
 }
 
-static void rmsnorm(const float *x, const float *weight, float *out, int64_t n, float eps) {
+static void rmsnorm(const float *x, const void *weight, int bf16, float *out, int64_t n, float eps) {
     float ss = 0.0f;
     for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
     const float r = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * weight[i];
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * load(weight, i, bf16);
 }
 
 /* x (D,) rotated in place: x * cos + roll(x, D / 2) * signed_sin (layers/rope.py's apply_rope) */
@@ -92,50 +224,63 @@ static void rope(float *x, const float *cos, const float *ssin, int64_t D) {
     memcpy(x, tmp, sizeof(float) * D);
 }
 
+/* the cache's element i (of either dtype) */
+static inline void store(void *p, int64_t i, float v, int bf16) {
+    if (bf16) ((uint16_t *)p)[i] = float_to_bf16(v);
+    else ((float *)p)[i] = v;
+}
+
 int llama_step(const LlamaStep *s, int64_t token, int64_t pos, const float *cos, const float *ssin, float *logits,
                int threads) {
     const int64_t dim = s->dim, H = s->n_heads, KV = s->n_kv_heads, D = s->head_dim, hidden = s->hidden;
+    const int bf16 = s->bf16, size = bf16 ? 2 : 4;
     if (D > 1024 || pos < 0 || pos >= s->max_len) return 1;
     float *x = s->scratch, *h = x + dim, *qkv = h + dim, *att = qkv + (H + 2 * KV) * D;
     float *scores = att + H * D, *gu = scores + H * s->max_len, *act = gu + 2 * hidden, *sums = act + hidden;
     const int64_t keys = pos + 1, group = H / KV;
     const float scale = 1.0f / sqrtf((float)D);
-    memcpy(x, s->embed + token * dim, sizeof(float) * dim);
+    for (int64_t i = 0; i < dim; i++) x[i] = load(s->embed, token * dim + i, bf16);
 #pragma omp parallel num_threads(threads)
     {
         for (int32_t l = 0; l < s->n_layers; l++) {
-            float *kc = s->k_cache + l * s->layer_stride, *vc = s->v_cache + l * s->layer_stride;
+            char *kc = (char *)s->k_cache + l * s->layer_stride * size, *vc = (char *)s->v_cache + l * s->layer_stride * size;
 #pragma omp single
-            rmsnorm(x, s->attn_norm[l], h, dim, s->eps);
+            rmsnorm(x, s->attn_norm[l], bf16, h, dim, s->eps);
             matvec(&s->qkv[l], h, qkv, sums, 0);
 #pragma omp single
             {
                 for (int64_t j = 0; j < H + KV; j++) rope(qkv + j * D, cos, ssin, D); /* query and key heads */
-                for (int64_t j = 0; j < KV; j++) {
-                    memcpy(kc + j * s->head_stride + pos * D, qkv + (H + j) * D, sizeof(float) * D);
-                    memcpy(vc + j * s->head_stride + pos * D, qkv + (H + KV + j) * D, sizeof(float) * D);
-                }
+                for (int64_t j = 0; j < KV; j++)
+                    for (int64_t c = 0; c < D; c++) {
+                        store(kc, j * s->head_stride + pos * D + c, qkv[(H + j) * D + c], bf16);
+                        store(vc, j * s->head_stride + pos * D + c, qkv[(H + KV + j) * D + c], bf16);
+                    }
             }
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < H; i++) {  /* query head i attends with kv head i / group */
-                const float *q = qkv + i * D, *kh = kc + (i / group) * s->head_stride, *vh = vc + (i / group) * s->head_stride;
+                const float *q = qkv + i * D;
+                const int64_t kv = (i / group) * s->head_stride;
                 float *p = scores + i * s->max_len, *out = att + i * D, top = -INFINITY, total = 0.0f;
                 for (int64_t t = 0; t < keys; t++) {
-                    float dot = 0.0f;
-                    for (int64_t c = 0; c < D; c++) dot += q[c] * kh[t * D + c];
-                    p[t] = dot * scale;
+                    p[t] = dot(kc + (kv + t * D) * size, bf16, q, D) * scale;
                     top = p[t] > top ? p[t] : top;
                 }
                 for (int64_t t = 0; t < keys; t++) { p[t] = expf(p[t] - top); total += p[t]; }
                 for (int64_t c = 0; c < D; c++) out[c] = 0.0f;
                 for (int64_t t = 0; t < keys; t++) {
                     const float w = p[t] / total;
-                    for (int64_t c = 0; c < D; c++) out[c] += w * vh[t * D + c];
+                    if (bf16) {
+                        const uint16_t *v = (const uint16_t *)vc + kv + t * D;
+                        for (int64_t c = 0; c < D; c++) out[c] += w * bf16_to_float(v[c]);
+                    } else {
+                        const float *v = (const float *)vc + kv + t * D;
+                        for (int64_t c = 0; c < D; c++) out[c] += w * v[c];
+                    }
                 }
             }
             matvec(&s->proj[l], att, x, sums, 1);
 #pragma omp single
-            rmsnorm(x, s->mlp_norm[l], h, dim, s->eps);
+            rmsnorm(x, s->mlp_norm[l], bf16, h, dim, s->eps);
             matvec(&s->gate_up[l], h, gu, sums, 0);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < hidden; i++) {
@@ -145,8 +290,15 @@ int llama_step(const LlamaStep *s, int64_t token, int64_t pos, const float *cos,
             matvec(&s->down[l], act, x, sums, 1);
         }
 #pragma omp single
-        rmsnorm(x, s->final_norm, h, dim, s->eps);
+        rmsnorm(x, s->final_norm, bf16, h, dim, s->eps);
         matvec(s->head, h, logits, sums, 0);
     }
+    return 0;
+}
+
+/* y = W x alone, one parallel region: the step's products one at a time, for tests and benchmarks */
+int llama_step_matvec(const QWeight *w, const float *x, float *y, float *sums, int threads) {
+#pragma omp parallel num_threads(threads)
+    matvec(w, x, y, sums, 0);
     return 0;
 }

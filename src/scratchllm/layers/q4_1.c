@@ -21,7 +21,20 @@
 
 /* sum over the row's groups of d * (codes . x), without the m term (see q4_1_matmul) */
 static inline float q4_1_row(const uint8_t *codes, const float *d, const float *x, int64_t groups) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+    /* a group is two vectors of 16: the low nibbles (codes 0..15) and the high ones (16..31) */
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m128i packed = _mm_loadu_si128((const __m128i *)(codes + g * 16));
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(packed, low4)));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(packed, 4), low4)));
+        const float *xg = x + g * Q4_GROUP;
+        __m512 s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
+        total = _mm512_fmadd_ps(_mm512_set1_ps(d[g]), s, total);
+    }
+    return _mm512_reduce_add_ps(total);
+#elif defined(__AVX2__) && defined(__FMA__)
     const __m128i low4 = _mm_set1_epi8(0x0F);
     __m256 total = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {

@@ -22,7 +22,18 @@
 
 /* one weight row's groups against one x row: the building block of llama_step.c's decoding step */
 static inline float q8_0_row(const int8_t *qn, const float *sn, const float *x, int64_t groups) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m256i codes = _mm256_loadu_si256((const __m256i *)(qn + g * GROUP));
+        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)));
+        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(codes, 1)));
+        const float *xg = x + g * GROUP;
+        __m512 s = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xg)));
+        total = _mm512_fmadd_ps(_mm512_set1_ps(sn[g]), s, total);
+    }
+    return _mm512_reduce_add_ps(total);
+#elif defined(__AVX2__) && defined(__FMA__)
     __m256 total = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         __m256i codes = _mm256_loadu_si256((const __m256i *)(qn + g * GROUP));

@@ -18,6 +18,7 @@ from functools import lru_cache
 import torch
 
 from scratchllm.layers import KVCache
+from scratchllm.layers.linear import TiedHead
 from scratchllm.layers.quantized import Int4Weight, Int8Weight
 
 
@@ -32,7 +33,7 @@ _FloatP = ctypes.POINTER(ctypes.c_float)
 class _LlamaStep(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("hidden", ctypes.c_int32),
-                ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("attn_norm", ctypes.POINTER(ctypes.c_void_p)),
+                ("bf16", ctypes.c_int32), ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("attn_norm", ctypes.POINTER(ctypes.c_void_p)),
                 ("mlp_norm", ctypes.POINTER(ctypes.c_void_p)), ("final_norm", ctypes.c_void_p),
                 ("qkv", ctypes.POINTER(_QWeight)), ("proj", ctypes.POINTER(_QWeight)),
                 ("gate_up", ctypes.POINTER(_QWeight)), ("down", ctypes.POINTER(_QWeight)), ("head", ctypes.POINTER(_QWeight)),
@@ -56,10 +57,27 @@ def _library():
     return lib
 
 
-def _weight(q) -> _QWeight:
+_FLOAT_KINDS = {(torch.float32, "in_out"): 32, (torch.bfloat16, "in_out"): 16,
+                (torch.float32, "out_in"): 33, (torch.bfloat16, "out_in"): 17}  # llama_step.c's enum
+
+
+def _weight(module) -> _QWeight:
+    """The C step's view of a projection: its compact form, or its float matrix as the module holds it (a
+    Linear's (in, out), a tied head's embedding table (out, in) = (vocab, dim))."""
+    q = module.quantized
     if isinstance(q, Int8Weight):
         return _QWeight(8, q.codes.size(1), q.out_features, q.codes.data_ptr(), q.scale.data_ptr(), None)
-    return _QWeight(4, q.in_features, q.out_features, q.codes.data_ptr(), q.scale.data_ptr(), q.min.data_ptr())
+    if isinstance(q, Int4Weight):
+        return _QWeight(4, q.in_features, q.out_features, q.codes.data_ptr(), q.scale.data_ptr(), q.min.data_ptr())
+    w = module.weight
+    layout = "out_in" if isinstance(module, TiedHead) else "in_out"
+    out, in_ = w.shape if layout == "out_in" else reversed(w.shape)
+    return _QWeight(_FLOAT_KINDS[w.dtype, layout], in_, out, w.data_ptr(), None, None)
+
+
+def _projections(model) -> list:
+    return [b.attn.qkv for b in model.blocks] + [b.attn.proj for b in model.blocks] + \
+        [b.mlp.gate_up for b in model.blocks] + [b.mlp.down for b in model.blocks] + [model.lm_head]
 
 
 def why_not_fused(model) -> str | None:
@@ -69,14 +87,18 @@ def why_not_fused(model) -> str | None:
     c = model.config
     if c.qk_norm or c.norm_offset != 0.0 or c.mlp_activation != "silu" or c.scale_embeddings:
         return "only Llama's own block (no QK-norm, Gemma's norms or GeGLU) has a fused step"
-    linears = [b.attn.qkv for b in model.blocks] + [b.attn.proj for b in model.blocks] + \
-        [b.mlp.gate_up for b in model.blocks] + [b.mlp.down for b in model.blocks] + [model.lm_head]
-    if any(not isinstance(m.quantized, (Int8Weight, Int4Weight)) for m in linears):
-        return "the fused step multiplies int8 / int4 weights only (--precision int8 or int4)"
-    if any(getattr(m, "bias", None) is not None for m in linears) or any(m.quantized.in_features % 32 for m in linears):
-        return "a projection with a bias, or a width not a multiple of 32"
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
-        return "the fused step runs the rest of the model in fp32 on the CPU"
+    params = list(model.parameters())
+    dtype = params[0].dtype
+    if dtype not in (torch.float32, torch.bfloat16) or any(p.dtype != dtype or p.device.type != "cpu" for p in params):
+        return "the fused step runs fp32 or bf16 weights, all of one dtype, on the CPU"
+    for m in _projections(model):
+        if m.quantized is not None:
+            if not isinstance(m.quantized, (Int8Weight, Int4Weight)) or m.quantized.in_features % 32:
+                return "a quantized projection whose width is not whole groups of 32"
+        elif not m.weight.is_contiguous():
+            return "a projection's weight is not contiguous"
+        if getattr(m, "bias", None) is not None or (getattr(m, "lora", None) is not None and not m.lora.merged):
+            return "a projection with a bias or unmerged LoRA updates"
     if c.head_size > 1024:
         return "heads wider than 1024"
     if _library() is None:
@@ -93,41 +115,70 @@ class FusedStep:
         self.model, self.cache, self.lib = model, cache, _library()
         self._keep = []  # the ctypes arrays the struct points into
         blocks = model.blocks
-        weights = {name: (_QWeight * c.n_layer)(*(_weight(getattr(getattr(b, part), name).quantized) for b in blocks))
+        weights = {name: (_QWeight * c.n_layer)(*(_weight(getattr(getattr(b, part), name)) for b in blocks))
                    for part, name in (("attn", "qkv"), ("attn", "proj"), ("mlp", "gate_up"), ("mlp", "down"))}
-        head = _weight(model.lm_head.quantized)
+        head = _weight(model.lm_head)
         norms = {k: (ctypes.c_void_p * c.n_layer)(*(getattr(b, k).weight.data_ptr() for b in blocks))
                  for k in ("attn_norm", "mlp_norm")}
         self._keep += [weights, head, norms]
-        if cache.k.dtype != torch.float32 or not cache.k.is_contiguous():
-            raise ValueError("the fused step needs a contiguous fp32 KV cache")
+        dtype = model.embed.weight.dtype
+        if cache.k.dtype != dtype or not cache.k.is_contiguous():
+            raise ValueError(f"the fused step needs a contiguous KV cache in the model's dtype ({dtype})")
         n_layers, batch, kv, max_len, d = cache.k.shape
         self.row_stride = kv * max_len * d  # floats from one row's layer-0 block to the next row's
         hidden = blocks[0].mlp.down.in_features
         size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len)
         self.scratch = torch.empty(size)
         self.rope = model._rope_tables(max_len + 1, torch.device("cpu"))  # (N, 2, head_dim): cos, signed sin
-        self.logits = torch.empty(model.lm_head.quantized.out_features)
+        self.logits = torch.empty(head.out)
         self.args = _LlamaStep(
             n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,
-            hidden=hidden, eps=c.norm_eps, embed=model.embed.weight.data_ptr(), attn_norm=norms["attn_norm"],
+            hidden=hidden, bf16=int(dtype == torch.bfloat16), eps=c.norm_eps, embed=model.embed.weight.data_ptr(), attn_norm=norms["attn_norm"],
             mlp_norm=norms["mlp_norm"], final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
             proj=weights["proj"], gate_up=weights["gate_up"], down=weights["down"], head=ctypes.pointer(head),
             k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
             head_stride=max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len)
         self._base = (cache.k.data_ptr(), cache.v.data_ptr())
+        self._watched = self._modules()
+        self.signature = self._signature()
+
+    def _modules(self) -> list:
+        m = self.model
+        return [m.embed, m.norm, *(b.attn_norm for b in m.blocks), *(b.mlp_norm for b in m.blocks), *_projections(m)]
+
+    def _signature(self) -> list:
+        # what each module holds (its quantized form, a float weight and where that weight's memory is): a `.to()`,
+        # loaded weights or a new quantization show here, and the step is built again rather than read freed or
+        # stale memory (in-place changes need nothing: the step reads the tensors' memory at each call; a
+        # quantized form is never changed, only replaced). ~70 us a step for SmolLM2, 1% of an int4 step.
+        out = []
+        for module in self._watched:
+            q = module.__dict__.get("quantized")
+            if q is not None:
+                out.append(q)
+            else:
+                weight = module.embedding.weight if isinstance(module, TiedHead) else module._parameters["weight"]
+                out += [weight, weight.data_ptr()]
+        return out
 
     def step(self, token: int, position: int, row: int) -> torch.Tensor:
+        if not _same(self._signature(), self.signature):
+            self.__init__(self.model, self.cache)
         if not 0 <= position < self.cache.max_len:
             raise ValueError(f"position {position} is outside the cache's {self.cache.max_len}")
         table = self.rope[position]  # (2, head_dim): this position's cos and signed sin
-        offset = row * self.row_stride * 4  # bytes
+        offset = row * self.row_stride * self.cache.k.element_size()  # bytes
         self.args.k_cache, self.args.v_cache = self._base[0] + offset, self._base[1] + offset
         done = self.lib.llama_step(ctypes.byref(self.args), token, position, table[0].data_ptr(), table[1].data_ptr(),
                                    self.logits.data_ptr(), torch.get_num_threads())
         if done != 0:
             raise RuntimeError(f"llama_step failed ({done})")
-        return self.logits.clone()[None]
+        return self.logits.clone()[None]  # (1, vocab) fp32 (a bf16 model's forward pass rounds them to bf16)
+
+
+def _same(a: list, b: list) -> bool:
+    # objects by identity (never ==: a tensor's is elementwise), memory addresses by value
+    return len(a) == len(b) and all(x == y if isinstance(x, int) else x is y for x, y in zip(a, b))
 
 
 def fused_step(model, cache: KVCache) -> FusedStep | None:

@@ -4,6 +4,7 @@ way) and with every turn prefilled cold.
 
     python benchmarks/chat.py [--new-tokens 128] [--rounds 3] [--threads 2]
     python benchmarks/chat.py --turns 10 [--rounds 3] [--precision fp32|bf16|auto] [--user-tokens 120] [--reply-tokens 24]
+    python benchmarks/chat.py --memory [--new-tokens 128]
 
 All in one process, batch 1, greedy, on the same weights: the named model's Q4_1 GGUF, dequantized
 once. scratchllm and transformers' `generate` run in fp32 and in bf16 (the weights and the KV cache in
@@ -17,7 +18,11 @@ alternating, and its best round counts (this machine's speed drifts minute to mi
 tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
 measured here, which bounds decoding: tokens/s <= bandwidth / bytes per token. Our models' weights
 are packed for oneDNN once, before timing (as `scratchllm chat` and the server do; the time it took
-is printed); the "unpacked" rows are the same models on torch's own products, for the packing's gain.
+is printed: the prefill uses them); each decoding step is one call into C (layers/llama_step.c), and the
+"forward pass" rows are the same models stepping through their forward pass, for the fused step's gain.
+
+--memory: each path alone in a fresh process (the model loaded, the short prompt and --new-tokens decoded):
+its resident memory then and at its peak (loading included), from /proc/self/status.
 """
 
 from __future__ import annotations
@@ -44,23 +49,14 @@ def bandwidth_gb_s() -> float:
     return best
 
 
-def ours_run(lm, ids: list[int], n: int, packed: bool = True):
+def ours_run(lm, ids: list[int], n: int, fused: bool = True):
     """(prefill seconds, decode tokens/s, tokens) with scratchllm's generate (stop tokens off: exactly n).
 
-    The models are packed once up front, as a chat session or the server does; `packed=False` runs
-    torch's own products instead (pack_for_inference sees no packable weight), to show the gain."""
+    The models are packed once up front, as a chat session or the server does; each step is the one-call
+    step (layers/llama_step.c), or with `fused=False` the model's forward pass, to show the gain."""
     from scratchllm.generate import generate
-    from scratchllm.layers import linear
 
-    if not packed:
-        linear.unpack(lm.model)
-        can_pack, linear.can_pack = linear.can_pack, lambda weight: False
-    try:
-        return _timed(generate(lm.model, ids, n, temperature=0))
-    finally:
-        if not packed:
-            linear.can_pack = can_pack
-            linear.pack_for_inference(lm.model)
+    return _timed(generate(lm.model, ids, n, temperature=0, fused=fused))
 
 
 def _timed(tokens_in):
@@ -162,6 +158,76 @@ def turns(args) -> None:
           f"{t_cold * 1000:.0f} ms cold, {t_warm * 1000:.0f} ms cached: {t_cold / t_warm:.1f}x")
 
 
+def _rss() -> tuple[int, int]:
+    """(resident bytes now, peak resident bytes) of this process (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+MEMORY_PATHS = ("scratchllm fp32", "scratchllm bf16", "scratchllm int8", "scratchllm int4", "scratchllm int8 Q8_0 file",
+                "transformers fp32", "transformers bf16", "llama.cpp Q4_1", "llama.cpp Q8_0")
+
+
+def memory_of(what: str, q8_path: str, ids: list[int], n: int) -> None:
+    """Child of --memory: load one path's model, decode n tokens after `ids`, print its RSS as JSON."""
+    import json
+
+    import scratchllm
+    from scratchllm.pretrained import pretrained_path
+
+    path = pretrained_path("smollm2-135m-instruct")
+    base = _rss()[0]  # the interpreter with torch and scratchllm imported, no model
+    if what.startswith("scratchllm"):  # loaded outside inference mode, as main() does (the packing tracks versions)
+        lm = scratchllm.load_pretrained(q8_path if what.endswith("file") else path, precision=what.split()[1])
+        with torch.inference_mode():
+            ours_run(lm, ids, n)
+    elif what.startswith("transformers"):
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with torch.inference_mode():
+            hf_run(hf.to(torch.bfloat16 if what.endswith("bf16") else torch.float32).eval(), ids, n)
+    else:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(path if what.endswith("Q4_1") else q8_path), n_ctx=1024, n_threads=2,
+                              n_threads_batch=2, logits_all=True, verbose=False)
+        llama_cpp_run(llm, ids, n)
+    now, peak = _rss()
+    print(json.dumps({"what": what, "rss": now, "peak": peak, "base": base}))
+
+
+def memory(args) -> None:
+    """--memory: every path in its own process, one after another."""
+    import json
+    import subprocess
+    import sys
+
+    import scratchllm
+    from scratchllm.interop.gguf import save_gguf
+
+    folder = tempfile.TemporaryDirectory()
+    lm32 = scratchllm.load_pretrained("smollm2-135m-instruct", precision="fp32")
+    q8_path = save_gguf(lm32.model, Path(folder.name) / "smollm2-135m-instruct-q8_0.gguf", lm32.tokenizer, "q8_0",
+                        lm32.chat_template, **dict(zip(("eos_id", "eot_id"), lm32.stop_tokens)))
+    from scratchllm.chat_template import render_chat
+
+    ids = lm32.tokenizer.encode(render_chat([{"role": "user", "content": PROMPT}], lm32.chat_template), allowed_special="all")
+    del lm32
+    print(f"SmolLM2-135M-Instruct, each path alone in a new process: loaded, {args.new_tokens} tokens decoded; RSS in MiB "
+          f"(the interpreter with torch imported, before the model, in brackets)")
+    for what in MEMORY_PATHS:
+        done = subprocess.run([sys.executable, __file__, "--memory-of", what, "--q8", str(q8_path), "--ids",
+                               ",".join(map(str, ids)), "--new-tokens", str(args.new_tokens)], capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        if done.returncode != 0 or not lines:
+            why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            print(f"  {what:<28} not measured: {why[:100]}")
+            continue
+        r = json.loads(lines[-1])
+        print(f"  {what:<28} {r['rss'] / 2**20:>7.0f} now, {r['peak'] / 2**20:>7.0f} peak  ({r['base'] / 2**20:.0f} before the model)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -171,8 +237,18 @@ def main():
     ap.add_argument("--precision", default="auto", help="with --turns: fp32, bf16 or auto (default auto)")
     ap.add_argument("--user-tokens", type=int, default=120, help="with --turns: about how long each user turn is")
     ap.add_argument("--reply-tokens", type=int, default=24, help="with --turns: the longest reply")
+    ap.add_argument("--memory", action="store_true", help="each path's resident memory, each in its own process")
+    ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--q8", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ids", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory_of:
+        memory_of(args.memory_of, args.q8, [int(i) for i in args.ids.split(",")], args.new_tokens)
+        return
+    if args.memory:
+        memory(args)
+        return
     if args.turns:
         turns(args)
         return
@@ -222,17 +298,18 @@ def main():
 
     paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n))
              for p in ("fp32", "bf16", *quantized, "int8 Q8_0 file")}
-    paths.update({f"unpacked {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n, packed=False)) for p in ("fp32", "bf16")})
+    paths.update({f"forward pass {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n, fused=False))
+                  for p in ("fp32", "bf16", "int4")})
     paths.update({f"transformers {p}": (lambda ids, n, p=p: hf_run(hf[p], ids, n)) for p in ("fp32", "bf16")})
     for f, model in (llm or {}).items():
         paths[f"llama.cpp {f}"] = lambda ids, n, model=model: llama_cpp_run(model, ids, n)
     # bytes of weights one decoded token reads: every matrix once (the tied embedding as the output head)
     # Q4_1: 20 bytes per 32 weights, Q8_0 34, the head (~21%) in Q8_0 in a Q4_1 file; ours: int8 32 of codes and 4
-    # of fp32 scale per 32, int4 16 of codes and 4 of bf16 scale and zero
+    # of fp32 scale per 32, int4 16 of codes and 8 of fp32 scale and minimum
     head = ours["fp32"].model.config.vocab_size * ours["fp32"].model.config.n_embd
     per_token = {"fp32": n_params * 4, "bf16": n_params * 2, "int8": n_params * 36 / 32, "file": n_params * 36 / 32,
                  "Q4_1": (n_params - head) * 20 / 32 + head * 34 / 32, "Q8_0": n_params * 34 / 32,
-                 "int4": (n_params - head) * 20 / 32 + head * 36 / 32}
+                 "int4": (n_params - head) * 24 / 32 + head * 36 / 32}
 
     for label, text in (("short prompt", PROMPT), ("long prompt", LONG_PROMPT)):
         ids = tok.encode(render_chat([{"role": "user", "content": text}], template), allowed_special="all")
@@ -255,8 +332,11 @@ def main():
         for p in ("fp32", "bf16"):
             ours_d, hf_d = best[f"scratchllm {p}"][1], best[f"transformers {p}"][1]
             print(f"  decode, scratchllm / transformers {p}: {ours_d / hf_d:.2f}x   "
-                  f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']}; "
-                  f"packed / unpacked {ours_d / best[f'unpacked {p}'][1]:.2f}x)")
+                  f"(same tokens: {tokens[f'scratchllm {p}'] == tokens[f'transformers {p}']})")
+        for p in ("fp32", "bf16", "int4"):
+            same = tokens[f"scratchllm {p}"] == tokens[f"forward pass {p}"]
+            print(f"  decode, one-call step / forward pass {p}: {best[f'scratchllm {p}'][1] / best[f'forward pass {p}'][1]:.2f}x "
+                  f"(same tokens: {same})")
         for p in (*quantized, "int8 Q8_0 file"):
             same = next((i for i, (a, b) in enumerate(zip(tokens[f"scratchllm {p}"], tokens["scratchllm fp32"])) if a != b), None)
             print(f"  decode, scratchllm {p} / fp32: {best[f'scratchllm {p}'][1] / best['scratchllm fp32'][1]:.2f}x, "

@@ -24,9 +24,10 @@ the same tensors (the machine's read bandwidth for them).
 
 `--int8`: one-row products at SmolLM2-135M's shapes (and one larger) with the weight in int8 groups of 32
 (`layers/quantized.py`, Int8Weight: Q8_0 blocks through our q8_0.c, fp32 input), in torch's int8 per row
-(`_weight_int8pack_mm`, bf16 input, and fed fp32) and in int4 groups of 32 (Int4Weight:
-`_weight_int4pack_mm_for_cpu`) against bf16 F.linear, the oneDNN-packed fp32 and bf16 weights (where this
-CPU packs bf16); then the same products with 64 rows (a prefill).
+(`_weight_int8pack_mm`, bf16 input, and fed fp32), in int4 groups of 32 (Int4Weight: Q4 blocks through our
+q4_1.c, fp32 input) and in torch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 input and scales, and fed
+fp32) against bf16 F.linear, the oneDNN-packed fp32 and bf16 weights (where this CPU packs bf16); then the
+same products with 64 rows (a prefill).
 """
 
 from __future__ import annotations
@@ -126,16 +127,21 @@ def int8_sizes() -> None:
             times = {}
             q8 = [Int8Weight(q8_0(t)) for t in w]
             q4 = [Int4Weight(q4_1(t)) for t in w]
+            # torch's int4 kernel on the same codes: its packed layout, scale and zero (= m + 8 d) in bf16
+            torch_q4 = [(torch.ops.aten._convert_weight_to_int4pack_for_cpu(m._codes().to(torch.int32), 1),
+                         torch.stack([m.scale.t(), (m.min + 8 * m.scale).t()], -1).bfloat16().contiguous()) for m in q4]
             # torch's int8 kernel, one scale per row (what Int8Weight was before Q8_0 blocks and q8_0.c)
             per_row = [(torch.round(t / (t.abs().amax(1, keepdim=True) / 127)).to(torch.int8),
                         (t.abs().amax(1) / 127).bfloat16()) for t in w]
             times["int8"] = per_call_us(lambda: [m(x32, None) for m in q8], copies)
             times["int8 torch per row"] = per_call_us(lambda: [torch.ops.aten._weight_int8pack_mm(xb, q, s) for q, s in per_row], copies)
-            times["int4"] = per_call_us(lambda: [m(xb, None) for m in q4], copies)
+            times["int4"] = per_call_us(lambda: [m(x32, None) for m in q4], copies)
+            times["int4 torch"] = per_call_us(lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(xb, p, 32, sz)
+                                                       for p, sz in torch_q4], copies)
             if rows == 1:  # torch's kernels on fp32 input, without the cast to bf16 (not what the model runs)
                 times["int8 torch per row (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int8pack_mm(x32, q, s.float()) for q, s in per_row], copies)
-                times["int4 (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(
-                    x32, m.packed, 32, m.scale_zero.float()) for m in q4], copies)
+                times["int4 torch (fp32 x)"] = per_call_us(lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    x32, p, 32, sz.float()) for p, sz in torch_q4], copies)
             wb = [t.bfloat16() for t in w]
             times["bf16 F.linear"] = per_call_us(lambda: [F.linear(xb, t) for t in wb], copies)
             p32 = [PackedWeight(t, t) for t in w]

@@ -70,7 +70,7 @@ def _device_options(p: argparse.ArgumentParser) -> None:
                    help="the dtype of weights and KV cache: auto is bf16 on a GPU and on a CPU that multiplies bf16 "
                         "natively (AVX512-BF16, AMX), fp32 elsewhere; int8 / int4: the projections' weights in int8 "
                         "or int4 in groups of 32 (llama.cpp's Q8_0 / Q4_1; a GGUF file's Q8_0 / Q4 blocks as stored), "
-                        "the rest as auto (CPU) "
+                        "the rest in fp32 (CPU) "
                         "(default auto)")
 
 

@@ -43,13 +43,14 @@ def sampling_from(sampling: Sampling | None = None, max_new_tokens: int | None =
 @torch.inference_mode()
 def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None, *,
                    sampling: Sampling | None = None, use_cache: bool = True, on_full: str = "slide",
-                   **options) -> Iterator[list[int | None]]:
+                   fused: bool = True, **options) -> Iterator[list[int | None]]:
     """Yield, at each step, the new token of every prompt's row (None for a row that has stopped).
 
     The options are `Sampling`'s fields (temperature=, top_k=, top_p=, min_p=, seed=, stop= token ids;
     or a whole `sampling=`); `max_new_tokens` is its max_tokens. A row stops after max_new_tokens or at a
     stop token (not yielded). Each row decodes what it would alone, in one `Engine`. On the CPU the
-    model's weights are packed for the call (layers/linear.py), unless they already are."""
+    model's weights are packed for the call (layers/linear.py), unless they already are; a lone row steps
+    in one call into C where the model type has such a step (`fused=False`: the forward pass instead)."""
     s = sampling_from(sampling, max_new_tokens, **options)
     if s.stop_strings:
         raise SamplingError("stop", f"strings need a tokenizer ({s.stop_strings[0]!r}): use Pretrained.stream, or "
@@ -60,7 +61,8 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     # need not allocate, and zero, the whole context
     reach = max(len(p) for p in prompts) + s.max_tokens
     with packed_for_inference(model):
-        engine = Engine(model, len(prompts), min(model.config.block_size, reach), on_full=on_full, use_cache=use_cache)
+        engine = Engine(model, len(prompts), min(model.config.block_size, reach), on_full=on_full, use_cache=use_cache,
+                        fused=fused)
         requests = [Request(p, s) for p in prompts]
         row_of = {id(r): i for i, r in enumerate(requests)}
         tokens = engine.add_all(requests)
@@ -73,13 +75,13 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
 
 
 def generate(model: nn.Module, prompt_ids: Sequence[int], max_new_tokens: int | None = None, *,
-             sampling: Sampling | None = None, use_cache: bool = True, on_full: str = "slide",
+             sampling: Sampling | None = None, use_cache: bool = True, on_full: str = "slide", fused: bool = True,
              **options) -> Iterator[int]:
     """One prompt: yield new token ids one at a time (a streaming iterator); see `generate_batch`.
 
         generate(model, ids, 50, temperature=0.8, top_p=0.95, seed=1)"""
     for step in generate_batch(model, [prompt_ids], max_new_tokens, sampling=sampling, use_cache=use_cache,
-                               on_full=on_full, **options):
+                               on_full=on_full, fused=fused, **options):
         if step[0] is None:
             return
         yield step[0]

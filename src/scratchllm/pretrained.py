@@ -29,7 +29,7 @@ from torch import nn
 
 from scratchllm.chat_template import render_chat
 from scratchllm.checkpoint import chat_settings, load_checkpoint
-from scratchllm.device import inference_dtype, resolve_device
+from scratchllm.device import inference_dtype, resolve_device, return_freed_memory
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fetch import FetchError, cache_dir, has_sha256, pip_sdist, sha256_file
 from scratchllm.fileio import atomic_path
@@ -320,7 +320,7 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
     device: auto | cpu | cuda; precision: auto | fp32 | bf16 (the dtype weights and the KV cache are held
     in; auto: bf16 where the hardware multiplies it natively, see device.inference_dtype) | int8 | int4 (the
     projections' weights in int8 or int4 in groups of 32, llama.cpp's Q8_0 and Q4_1 (a GGUF file's Q8_0 or Q4
-    blocks as they are stored), the rest as auto; CPU: layers/quantized.py)."""
+    blocks as they are stored), the rest in fp32; CPU: layers/quantized.py)."""
     from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
 
     dev = resolve_device(device)
@@ -348,6 +348,8 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
     if precision in ("int8", "int4"):
         lm.spec.quantize(lm.model, precision, str(source), stored)
     _check_tokenizer_fits(lm)
+    g = stored = None  # the file's dequantized tensors and blocks: the model holds what it needs of them
+    return_freed_memory()  # the load's transients (dequantized copies, float weights quantize dropped)
     return lm
 
 

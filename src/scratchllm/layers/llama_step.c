@@ -2,7 +2,7 @@
 
        x = embed[token]
        per layer:  h = rmsnorm(x) * attn_norm          q, k, v = W_qkv h   (H, KV, KV heads of D)
-                   q, k = rope(q, k) at pos           k, v -> the cache at pos
+                   q, k = rope(q, k) at pos           k, v -> the cache at pos   (Qwen3: q, k RMS-normed first)
                    a = softmax(q k^T / sqrt(D)) v     over keys 0..pos, each query head on its group's kv head
                    x += W_proj a
                    h = rmsnorm(x) * mlp_norm           g, u = W_gate_up h
@@ -48,6 +48,8 @@ typedef struct {
     const void *embed;                /* (vocab, dim) */
     const void *const *attn_norm;     /* n_layers pointers to (dim,) */
     const void *const *mlp_norm;
+    const void *const *q_norm;        /* QK-norm (Qwen3): n_layers pointers to (head_dim,), or NULL without */
+    const void *const *k_norm;
     const void *final_norm;
     const QWeight *qkv, *proj, *gate_up, *down; /* n_layers each */
     const QWeight *head;
@@ -249,6 +251,9 @@ int llama_step(const LlamaStep *s, int64_t token, int64_t pos, const float *cos,
             matvec(&s->qkv[l], h, qkv, sums, 0);
 #pragma omp single
             {
+                if (s->q_norm != NULL)  /* QK-norm: each query and key head RMS-normalised, before RoPE */
+                    for (int64_t j = 0; j < H + KV; j++)
+                        rmsnorm(qkv + j * D, j < H ? s->q_norm[l] : s->k_norm[l], bf16, qkv + j * D, D, s->eps);
                 for (int64_t j = 0; j < H + KV; j++) rope(qkv + j * D, cos, ssin, D); /* query and key heads */
                 for (int64_t j = 0; j < KV; j++)
                     for (int64_t c = 0; c < D; c++) {

@@ -219,6 +219,11 @@ class Engine:
     the tokens it gets alone; sampled, the same tokens for the same seed (each request draws from its
     own seeded generator). A step covers the span of busy rows, so a lone request runs at batch 1.
 
+    A lone running request steps in one call into C where the model type has such a step for these
+    weights (`ModelSpec.fused_step`: a Llama block, models/llama_step.py), the same logits to fp32 rounding
+    without the forward pass's ~60 operator calls a layer; `fused=False`, or several running requests, take
+    the forward pass.
+
     Not thread-safe: one thread owns it (serve/worker.py); only `Request.cancelled` may be set from
     elsewhere. A model whose spec generates by "recompute" (the bigram), or `use_cache=False`, runs the
     whole window of each row at every step instead of a cache.

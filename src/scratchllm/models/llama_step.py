@@ -1,13 +1,14 @@
-"""A Llama's decoding step as one call into C (layers/llama_step.c) when its weights are int8 / int4.
+"""A Llama's decoding step as one call into C (layers/llama_step.c): a token in, its logits out.
 
 Decoding one token in torch is ~62 operator calls a layer, each costing microseconds of dispatch for a few
 hundred numbers: for SmolLM2-135M in int4 that was two thirds of the step (the profile in the notes).
 `FusedStep` hands the C step pointers to the model's own tensors (the compact weights as layers/quantized.py
-keeps them, the fp32 norms and embedding, the engine's KV cache), so nothing is copied and a prefill by the
-model's forward pass and the steps after it share one cache. It serves a model whose every projection and
-head is int8 or int4 and whose rest is fp32 (`--precision int8|int4`), without QK-norm; `fused_step` says
-why not otherwise, and the engine then runs the model's forward pass, which gives the same logits to fp32
-rounding (tests/test_fused_step.py).
+keeps them, or the float weights in our Linear's layout; the norms and embedding; the engine's KV cache), so
+nothing is copied and a prefill by the model's forward pass and the steps after it share one cache. It serves
+Llama's block (Qwen3's QK-norm too) in fp32, bf16, int8 or int4 on the CPU; `why_not_fused` says why not
+otherwise, and the engine then runs the model's forward pass. In fp32, int8 and int4 the logits equal the
+forward pass's to fp32 rounding; with bf16 weights the activations stay fp32 between products (the forward
+pass rounds each op's output to bf16), which is nearer the exact result (tests/test_fused_step.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class _LlamaStep(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int32), ("dim", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("n_kv_heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("hidden", ctypes.c_int32),
                 ("bf16", ctypes.c_int32), ("eps", ctypes.c_float), ("embed", ctypes.c_void_p), ("attn_norm", ctypes.POINTER(ctypes.c_void_p)),
-                ("mlp_norm", ctypes.POINTER(ctypes.c_void_p)), ("final_norm", ctypes.c_void_p),
+                ("mlp_norm", ctypes.POINTER(ctypes.c_void_p)), ("q_norm", ctypes.POINTER(ctypes.c_void_p)),
+                ("k_norm", ctypes.POINTER(ctypes.c_void_p)), ("final_norm", ctypes.c_void_p),
                 ("qkv", ctypes.POINTER(_QWeight)), ("proj", ctypes.POINTER(_QWeight)),
                 ("gate_up", ctypes.POINTER(_QWeight)), ("down", ctypes.POINTER(_QWeight)), ("head", ctypes.POINTER(_QWeight)),
                 ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
@@ -85,8 +87,8 @@ def why_not_fused(model) -> str | None:
     from scratchllm.layers import native
 
     c = model.config
-    if c.qk_norm or c.norm_offset != 0.0 or c.mlp_activation != "silu" or c.scale_embeddings:
-        return "only Llama's own block (no QK-norm, Gemma's norms or GeGLU) has a fused step"
+    if c.norm_offset != 0.0 or c.mlp_activation != "silu" or c.scale_embeddings:
+        return "only Llama's own block (and Qwen3's QK-norm; not Gemma's norms or GeGLU) has a fused step"
     params = list(model.parameters())
     dtype = params[0].dtype
     if dtype not in (torch.float32, torch.bfloat16) or any(p.dtype != dtype or p.device.type != "cpu" for p in params):
@@ -120,6 +122,9 @@ class FusedStep:
         head = _weight(model.lm_head)
         norms = {k: (ctypes.c_void_p * c.n_layer)(*(getattr(b, k).weight.data_ptr() for b in blocks))
                  for k in ("attn_norm", "mlp_norm")}
+        if c.qk_norm:
+            norms.update({k: (ctypes.c_void_p * c.n_layer)(*(getattr(b.attn, k).weight.data_ptr() for b in blocks))
+                          for k in ("q_norm", "k_norm")})
         self._keep += [weights, head, norms]
         dtype = model.embed.weight.dtype
         if cache.k.dtype != dtype or not cache.k.is_contiguous():
@@ -134,7 +139,7 @@ class FusedStep:
         self.args = _LlamaStep(
             n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,
             hidden=hidden, bf16=int(dtype == torch.bfloat16), eps=c.norm_eps, embed=model.embed.weight.data_ptr(), attn_norm=norms["attn_norm"],
-            mlp_norm=norms["mlp_norm"], final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
+            mlp_norm=norms["mlp_norm"], q_norm=norms.get("q_norm"), k_norm=norms.get("k_norm"), final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
             proj=weights["proj"], gate_up=weights["gate_up"], down=weights["down"], head=ctypes.pointer(head),
             k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
             head_stride=max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len)
@@ -144,7 +149,8 @@ class FusedStep:
 
     def _modules(self) -> list:
         m = self.model
-        return [m.embed, m.norm, *(b.attn_norm for b in m.blocks), *(b.mlp_norm for b in m.blocks), *_projections(m)]
+        qk = [n for b in m.blocks for n in (b.attn.q_norm, b.attn.k_norm) if n is not None]
+        return [m.embed, m.norm, *(b.attn_norm for b in m.blocks), *(b.mlp_norm for b in m.blocks), *qk, *_projections(m)]
 
     def _signature(self) -> list:
         # what each module holds (its quantized form, a float weight and where that weight's memory is): a `.to()`,

@@ -161,3 +161,28 @@ def test_a_model_changed_after_the_step_was_built_is_read_as_it_is_now():
     with torch.inference_mode():
         got = step.step(3, 0, 0)
         assert (got - model(torch.tensor([[3]]))[:, -1]).abs().max() <= 1e-5 * got.abs().max()
+
+
+@needs_compiler
+def test_lora_updates_added_after_the_step_was_built_are_run_or_refused():
+    """Unmerged LoRA updates cannot run in C: the step refuses in one line rather than leave them out; merged
+    into the weights, the step reads them there (the forward pass's logits)."""
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.layers.linear import LoRAConfig, merge_lora
+    from scratchllm.models.spec import spec_of
+
+    model = _model(None)
+    with torch.inference_mode():
+        step = fused_step(model, model.new_cache(1, 16, torch.float32, "cpu"))
+        step.step(3, 0, 0)
+    spec_of(model).add_lora(model, LoRAConfig(r=2, targets=("q", "v")))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".B" in name:
+                p.normal_()  # B starts at zero: give the updates something to add
+    with torch.inference_mode(), pytest.raises(ScratchLLMError, match="unmerged LoRA.*make a new Engine"):
+        step.step(3, 1, 0)
+    merge_lora(model)
+    with torch.inference_mode():
+        got, want = step.step(3, 0, 0), model(torch.tensor([[3]]))[:, -1]
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()

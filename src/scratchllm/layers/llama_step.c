@@ -12,14 +12,18 @@
    Why: a step of SmolLM2-135M in torch is ~1,850 operator calls (62 a layer), each a few microseconds of
    dispatch and thread wake-up for a few hundred numbers, so two thirds of an int4 token went to overhead
    (the notes' profile). Here a step is one call into one OpenMP parallel region: the products split their
-   output rows over the threads, everything between them (norms, RoPE, softmax over at most a few thousand
-   keys) runs on one thread, and threads meet only at the barriers between stages.
+   outputs over the threads, as do the attention's heads and the gate; the rest between them (norms, RoPE, the
+   cache writes) runs on one thread, and threads meet only at the barriers between stages.
 
-   The weights are the compact forms of layers/quantized.py as they are stored (kind 8: Q8_0 codes and
-   scales, q8_0.c; kind 4: Q4_0 / Q4_1 nibbles with scale and minimum, q4_1.c), the rest fp32, the cache
-   fp32 and laid out as the model's KVCache (layer, kv head, position, D) for one row. The sums run in a
-   different order from torch's, so logits equal the model's own forward pass to fp32 rounding, not bit
-   for bit (tests/test_fused_step.py). */
+   The weights are read where the model keeps them: the compact forms of layers/quantized.py as stored (Q8_0
+   codes and scales, q8_0.c; Q4_0 / Q4_1 nibbles with scale and minimum, q4_1.c), or fp32 / bf16 matrices in
+   our Linear's (in, out) layout (each thread sums its own block of output columns over the rows in order) or,
+   for a head tied to the embedding, the table's (vocab, dim). The embedding, norms and KV cache are fp32, or
+   all bf16; the cache is laid out as the model's KVCache (layer, kv head, position, D) for one row.
+   Activations stay fp32 throughout. The sums run in another order than torch's, so logits equal the model's
+   forward pass to fp32 rounding, not bit for bit (in bf16 the forward pass also rounds every op's output,
+   which this does not: tests/test_fused_step.py). Each output is summed by one thread in one order, so the
+   thread count does not change a bit. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -54,7 +58,7 @@ typedef struct {
     const QWeight *qkv, *proj, *gate_up, *down; /* n_layers each */
     const QWeight *head;
     void *k_cache, *v_cache;          /* this row's layer 0, kv head 0, position 0 */
-    int64_t layer_stride, head_stride; /* floats between layers, between kv heads */
+    int64_t layer_stride, head_stride; /* elements between layers, between kv heads */
     float *scratch;                   /* llama_step_scratch floats */
     int64_t max_len;
 } LlamaStep;

@@ -100,7 +100,25 @@ int q4_1_matmul(const float *x, const uint8_t *codes, const float *d, const floa
         const uint8_t *cn = codes + n * (K / 2);
         const float *dn = d + n * groups;
         const int64_t rows = M - r0 < Q4_ROWS ? M - r0 : Q4_ROWS;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+        /* each group's codes unpacked once to two vectors of 16 floats, then used for up to 16 x rows */
+        const __m128i low4 = _mm_set1_epi8(0x0F);
+        __m512 total[Q4_ROWS];
+        for (int64_t r = 0; r < rows; r++) total[r] = _mm512_setzero_ps();
+        for (int64_t g = 0; g < groups; g++) {
+            __m128i packed = _mm_loadu_si128((const __m128i *)(cn + g * 16));
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(packed, low4)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(packed, 4), low4)));
+            __m512 dg = _mm512_set1_ps(dn[g]);
+            for (int64_t r = 0; r < rows; r++) {
+                const float *xg = x + (r0 + r) * K + g * Q4_GROUP;
+                __m512 s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
+                total[r] = _mm512_fmadd_ps(dg, s, total[r]);
+            }
+        }
+        for (int64_t r = 0; r < rows; r++)
+            y[(r0 + r) * N + n] = _mm512_reduce_add_ps(total[r]) + q4_min_term(m + n * groups, sums + (r0 + r) * groups, groups);
+#elif defined(__AVX2__) && defined(__FMA__)
         /* as q8_0.c: each group's codes unpacked to floats once, then used for up to 16 x rows */
         const __m128i low4 = _mm_set1_epi8(0x0F);
         __m256 total[Q4_ROWS];

@@ -19,7 +19,8 @@ from functools import lru_cache
 import torch
 
 from scratchllm.layers import KVCache
-from scratchllm.layers.linear import TiedHead
+from scratchllm.errors import ScratchLLMError
+from scratchllm.layers.linear import Linear, TiedHead
 from scratchllm.layers.quantized import Int4Weight, Int8Weight
 
 
@@ -138,8 +139,9 @@ class FusedStep:
         self.logits = torch.empty(head.out)
         self.args = _LlamaStep(
             n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,
-            hidden=hidden, bf16=int(dtype == torch.bfloat16), eps=c.norm_eps, embed=model.embed.weight.data_ptr(), attn_norm=norms["attn_norm"],
-            mlp_norm=norms["mlp_norm"], q_norm=norms.get("q_norm"), k_norm=norms.get("k_norm"), final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
+            hidden=hidden, bf16=int(dtype == torch.bfloat16), eps=c.norm_eps, embed=model.embed.weight.data_ptr(),
+            attn_norm=norms["attn_norm"], mlp_norm=norms["mlp_norm"], q_norm=norms.get("q_norm"),
+            k_norm=norms.get("k_norm"), final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
             proj=weights["proj"], gate_up=weights["gate_up"], down=weights["down"], head=ctypes.pointer(head),
             k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
             head_stride=max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len)
@@ -165,10 +167,17 @@ class FusedStep:
             else:
                 weight = module.embedding.weight if isinstance(module, TiedHead) else module._parameters["weight"]
                 out += [weight, weight.data_ptr()]
+            if isinstance(module, Linear):  # LoRA updates added since, or unmerged: the step cannot run them
+                lora = module.lora
+                out += [lora, int(lora.merged) if lora is not None else 0]
         return out
 
     def step(self, token: int, position: int, row: int) -> torch.Tensor:
         if not _same(self._signature(), self.signature):
+            reason = why_not_fused(self.model)
+            if reason is not None:
+                raise ScratchLLMError(f"the model changed since its engine was made and has no fused step now ({reason}); "
+                                      "make a new Engine")
             self.__init__(self.model, self.cache)
         if not 0 <= position < self.cache.max_len:
             raise ValueError(f"position {position} is outside the cache's {self.cache.max_len}")

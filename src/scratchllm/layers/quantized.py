@@ -155,24 +155,24 @@ class Int8Weight:
 
 @dataclass
 class GroupQuantized:
-    """4-bit codes in groups of 32 along each row, in the int4 kernel's terms, with exact fp32 scales:
-    w[n, k] = (codes[n, k] - 8) * scale[n, k // 32] + zero[n, k // 32]."""
+    """4-bit codes in groups of 32 along each row, as llama.cpp's Q4_0 / Q4_1 blocks hold them, with their scale
+    and minimum exactly (fp32): w[n, k] = codes[n, k] * scale[n, k // 32] + min[n, k // 32] (Q4_0: min = -8 scale)."""
 
     codes: torch.Tensor  # (out, in) uint8, 0..15
     scale: torch.Tensor  # (out, in // 32) fp32
-    zero: torch.Tensor  # (out, in // 32) fp32
+    min: torch.Tensor  # (out, in // 32) fp32
     kind: str  # where the codes come from: "q4_0", "q4_1" (a GGUF file's blocks) or "q4_1 rule" (rounded here)
 
     def dequantized(self) -> torch.Tensor:  # (out, in) fp32
         rows, cols = self.codes.shape
-        groups = (self.codes.float() - 8).view(rows, cols // GROUP, GROUP)
-        return (groups * self.scale[..., None] + self.zero[..., None]).view(rows, cols)
+        groups = self.codes.float().view(rows, cols // GROUP, GROUP)
+        return (groups * self.scale[..., None] + self.min[..., None]).view(rows, cols)
 
     @staticmethod
     def cat(parts: list["GroupQuantized"]) -> "GroupQuantized":
         """Parts stacked along the output rows (q, k and v into a fused qkv)."""
         return GroupQuantized(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]),
-                              torch.cat([p.zero for p in parts]), "+".join(sorted({p.kind for p in parts})))
+                              torch.cat([p.min for p in parts]), "+".join(sorted({p.kind for p in parts})))
 
 
 def q4_1(weight_out_in: torch.Tensor) -> GroupQuantized:
@@ -186,7 +186,7 @@ def q4_1(weight_out_in: torch.Tensor) -> GroupQuantized:
     inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
     codes = torch.trunc((groups - low[..., None]) * inv[..., None] + 0.5).clamp(0, 15).to(torch.uint8)
     d16, m16 = d.half().float(), low.half().float()
-    return GroupQuantized(codes.view(rows, cols), d16, m16 + 8 * d16, "q4_1 rule")
+    return GroupQuantized(codes.view(rows, cols), d16, m16, "q4_1 rule")
 
 
 class Int4Weight:
@@ -202,7 +202,7 @@ class Int4Weight:
         codes = groups.codes.view(self.out_features, -1, GROUP)
         self.codes = (codes[..., :16] | (codes[..., 16:] << 4)).reshape(self.out_features, -1).contiguous()  # (out, in / 2)
         self.scale = groups.scale.float().contiguous()  # (out, in / 32)
-        self.min = (groups.zero - 8 * groups.scale).float().contiguous()  # Q4_1's m (Q4_0: -8 d), from the kernel-form zero
+        self.min = groups.min.float().contiguous()  # (out, in / 32)
 
     @property
     def nbytes(self) -> int:

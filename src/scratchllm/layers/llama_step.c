@@ -163,11 +163,7 @@ static inline float dot(const void *a, int a_bf16, const float *b, int64_t n) {
             s1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + k + 8), _mm256_loadu_ps(b + k + 8), s1);
         }
     }
-    __m256 t = _mm256_add_ps(s0, s1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    s = _mm_cvtss_f32(h);
+    s = hsum256(_mm256_add_ps(s0, s1));
 #endif
     for (; k < n; k++) s += load(a, k, a_bf16) * b[k];
     return s;

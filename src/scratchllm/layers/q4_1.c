@@ -12,9 +12,7 @@
    q4_1_row (one weight row against one x row) is also the building block of llama_step.c. */
 #include <stdint.h>
 #include <stdlib.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #define Q4_GROUP 32
 #define Q4_ROWS 16 /* x rows one pass over a weight row serves */
@@ -48,10 +46,7 @@ static inline float q4_1_row(const uint8_t *codes, const float *d, const float *
         s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xg + 24), s);
         total = _mm256_fmadd_ps(_mm256_set1_ps(d[g]), s, total);
     }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum256(total);
 #else
     float total = 0.0f;
     for (int64_t g = 0; g < groups; g++) {
@@ -140,12 +135,8 @@ int q4_1_matmul(const float *x, const uint8_t *codes, const float *d, const floa
                 total[r] = _mm256_fmadd_ps(dg, s, total[r]);
             }
         }
-        for (int64_t r = 0; r < rows; r++) {
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(total[r]), _mm256_extractf128_ps(total[r], 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            y[(r0 + r) * N + n] = _mm_cvtss_f32(h) + q4_min_term(m + n * groups, sums + (r0 + r) * groups, groups);
-        }
+        for (int64_t r = 0; r < rows; r++)
+            y[(r0 + r) * N + n] = hsum256(total[r]) + q4_min_term(m + n * groups, sums + (r0 + r) * groups, groups);
 #else
         for (int64_t r = r0; r < r0 + rows; r++)
             y[r * N + n] = q4_1_row(cn, dn, x + r * K, groups) + q4_min_term(m + n * groups, sums + r * groups, groups);

@@ -13,9 +13,7 @@
    The sums are in fp32; their order differs from a float matmul's, so results match the dequantized
    product to fp32 rounding, not bit for bit (tests/test_quantized.py). */
 #include <stdint.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 #define GROUP 32
 #define ROWS 16 /* x rows one pass over a weight row serves; more rows take more passes (from L1) */
@@ -45,10 +43,7 @@ static inline float q8_0_row(const int8_t *qn, const float *sn, const float *x, 
         s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xg + 24), s);
         total = _mm256_fmadd_ps(_mm256_set1_ps(sn[g]), s, total);
     }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum256(total);
 #else
     float total = 0.0f;
     for (int64_t g = 0; g < groups; g++) {
@@ -93,12 +88,7 @@ int q8_0_matmul(const float *x, const int8_t *q, const float *scale, float *y,
                 total[m] = _mm256_fmadd_ps(d, s, total[m]);  /* the group's sum, scaled once */
             }
         }
-        for (int64_t m = 0; m < rows; m++) {  /* the 8 lanes' sum */
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(total[m]), _mm256_extractf128_ps(total[m], 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            y0[m * N + n] = _mm_cvtss_f32(h);
-        }
+        for (int64_t m = 0; m < rows; m++) y0[m * N + n] = hsum256(total[m]);
 #else
         for (int64_t m = 0; m < rows; m++) {
             const float *xm = x0 + m * K;

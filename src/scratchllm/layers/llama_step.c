@@ -300,10 +300,3 @@ int llama_step(const LlamaStep *s, int64_t token, int64_t pos, const float *cos,
     }
     return 0;
 }
-
-/* y = W x alone, one parallel region: the step's products one at a time, for tests and benchmarks */
-int llama_step_matvec(const QWeight *w, const float *x, float *y, float *sums, int threads) {
-#pragma omp parallel num_threads(threads)
-    matvec(w, x, y, sums, 0);
-    return 0;
-}

@@ -248,15 +248,18 @@ def test_int4_packing_keeps_every_code_scale_and_minimum():
     assert q.nbytes == 96 * 64 // 2 + 96 * 2 * 4 * 2  # half a byte a weight, fp32 scale and minimum per group
 
 
-@pytest.mark.parametrize("rows", [(1,), (3, 5), (17,), (65,)])  # up to 64 rows the kernel, then a float product
+# q4_1.c: one row; up to 8 rows unpacked straight into registers (AVX512); more, through a dequantized tile
+# of 4 weight rows (98 outputs: a last tile of 2); past 64 rows, a float product
+@pytest.mark.parametrize("rows", [(1,), (2, 3), (3, 5), (17,), (65,)])
+@pytest.mark.parametrize("out_features", [96, 98])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_int4_kernel_gives_the_product_of_the_dequantized_weights(dtype, rows):
+def test_the_int4_kernel_gives_the_product_of_the_dequantized_weights(dtype, out_features, rows):
     torch.manual_seed(0)
-    w, bias = torch.randn(96, 64), torch.randn(96)
+    w, bias = torch.randn(out_features, 64), torch.randn(out_features)
     x = torch.randn(*rows, 64).to(dtype)
     q = Int4Weight(q4_1(w))
     y = q(x, bias.to(dtype))
-    assert y.shape == (*rows, 96) and y.dtype == dtype
+    assert y.shape == (*rows, out_features) and y.dtype == dtype
     exact = x.double() @ q.dequantized().double().t() + bias.to(dtype).double()
     size = x.double().abs() @ q.dequantized().double().abs().t() + bias.abs().double()
     bound = (2**-8 if dtype == torch.bfloat16 else 2**-18) * size

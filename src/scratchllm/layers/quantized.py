@@ -16,8 +16,11 @@ below). Torch's int4 kernel (`_weight_int4pack_mm_for_cpu`) takes its scales and
 (fed fp32, 6-14x slower on one row: `benchmarks/linear_layout.py --int8`), which rounds a Q4_1 file's
 scales and minimums; q4_1.c multiplies them as stored, in fp32, at 0.65-1.2x its speed on one row (AMD EPYC
 AVX512-BF16, 2 threads, 2026-12-03: 576 x 960 26 / 25 us, 576 x 3072 67-90 / 57-66, 1536 x 576 42-47 /
-33-40, ours / torch's; 2-3x slower than torch's at 4 rows), and is what the one-call decoding step
-(llama_step.c) is built from, where the step's overhead, not the product, was the cost. Both kernels are
+33-40, ours / torch's), and is what the one-call decoding step (llama_step.c) is built from, where the
+step's overhead, not the product, was the cost. With several rows (the server's batched steps) q4_1.c
+unpacks each group once for up to 4 rows and 4 outputs at a time: 0.66-0.92x torch's at 2-8 rows and
+0.75-0.87x at 16-64 (`benchmarks/quantized_kernels.py`, same machine; its first multi-row kernel, which
+unpacked every group once per row, was 0.42-0.52x). Both kernels are
 for decoding: for more rows than `_NATIVE_ROWS` (a prefill) the weight is dequantized for a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in

@@ -7,6 +7,7 @@
    one scaled dot product of its 32 codes, as a Q8_0 group does in q8_0.c. The codes are GGUF's layout:
    16 bytes a group, byte j holding code j in its low nibble and code j + 16 in its high nibble.
    codes: (N, K / 2) uint8, d, m: (N, K / 32) float, x: (M, K) float, y: (M, N) float; K a multiple of 32.
+   That is the one-row product; several rows use w = d c + m itself, unpacked once for several rows (below).
    Rows n are split over OpenMP threads (torch's own pool: see q8_0.c).
 
    q4_1_row (one weight row against one x row) is also the building block of llama_step.c. */

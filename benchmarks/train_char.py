@@ -1,8 +1,8 @@
 """Train a char GPT preset with scratchllm, transformers' GPT2LMHeadModel and nanoGPT's model: one loop, one data.
 
     python benchmarks/train_char.py [--preset gpt-char-baby|gpt-char] [--data PATH] [--steps 2000]
-                                    [--runs scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt]
-                                    [--nanogpt PATH/TO/nanoGPT/model.py]
+                                    [--runs scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt,nanogpt-compiled]
+                                    [--nanogpt PATH/TO/nanoGPT/model.py] [--rounds 1]
 
 All runs are in this one process, driven by scratchllm's trainer (same AdamW, schedule, batches). Prints
 the matmul peak of the precision "auto" trains in here (bf16 where the CPU multiplies it natively, else
@@ -11,7 +11,10 @@ this machine's peak moves from day to day, so only same-run ratios mean anything
 tokens/s (training steps only: evaluation and, for the compiled run, the steps before step 50 that hold
 the compilation are left out), MFU = tokens/s x (6N + 12 L H Q T) FLOPs per token (N without position
 embeddings, as nanoGPT counts) over that peak, the ratios against GPT2LMHeadModel fp32 / bf16 and
-nanoGPT's model (imported from --nanogpt, not a dependency), and val loss at steps 500..2000.
+nanoGPT's model (imported from --nanogpt, not a dependency), eager and compiled, and val loss at steps
+500..2000. With --rounds R the runs go R times in turn (A B C, A B C, ...) and each keeps its best round:
+this machine's speed drifts over minutes, and a run measured only once, early or late, takes the drift
+for a difference.
 """
 
 from __future__ import annotations
@@ -87,9 +90,10 @@ def main():
     ap.add_argument("--preset", default="gpt-char-baby", choices=["gpt-char-baby", "gpt-char"])
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--runs", default="scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt")
+    ap.add_argument("--runs", default="scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt,nanogpt-compiled")
     ap.add_argument("--nanogpt", default=None, help="path to nanoGPT's model.py (the nanogpt run needs it)")
     ap.add_argument("--eval-batches", type=int, default=None, help="fewer evaluation batches than the preset's (timing only)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the list this many times in turn; each run keeps its best")
     args = ap.parse_args()
 
     preset = get_preset(args.preset)
@@ -110,28 +114,34 @@ def main():
     print(f"{auto} matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
           + f" GFLOP/s; MFU below is against {peak:.0f}; {flops_per_token / 1e6:.2f} MFLOP per token (6N + 12LHQT)")
     results = {}
-    for name in args.runs.split(","):
-        if name == "nanogpt" and not args.nanogpt:
-            print("  nanogpt: skipped (give --nanogpt PATH/TO/model.py)")
-            continue
-        precision = {"scratchllm": "auto", "scratchllm-compiled": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32",
-                     "hf-bf16": "bf16", "nanogpt": "auto"}[name]
-        compiled = name.endswith("compiled")
-        cfg = dataclasses.replace(preset.train, max_steps=args.steps, precision=precision, compile=compiled,
-                                  eval_batches=args.eval_batches or preset.train.eval_batches,
-                                  log_interval=min(preset.train.log_interval, max(1, args.steps // 20)))
-        torch.manual_seed(cfg.seed)
-        model = (nanogpt_model(args.nanogpt, model_cfg) if name == "nanogpt" else
-                 HFCausalLM(model_cfg) if name.startswith("hf") else build_model("gpt", model_cfg))
-        batches = TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed)
-        results[name] = run(f"{name} ({precision})", model, cfg, tokenizer, batches, skip_steps=min(50, args.steps // 2) if compiled else 0)
+    for round_ in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {round_ + 1} of {args.rounds}")
+        for name in args.runs.split(","):
+            if name.startswith("nanogpt") and not args.nanogpt:
+                print(f"  {name}: skipped (give --nanogpt PATH/TO/model.py)")
+                continue
+            precision = {"scratchllm": "auto", "scratchllm-compiled": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32",
+                         "hf-bf16": "bf16", "nanogpt": "auto", "nanogpt-compiled": "auto"}[name]
+            compiled = name.endswith("compiled")
+            cfg = dataclasses.replace(preset.train, max_steps=args.steps, precision=precision, compile=compiled,
+                                      eval_batches=args.eval_batches or preset.train.eval_batches,
+                                      log_interval=min(preset.train.log_interval, max(1, args.steps // 20)))
+            torch.manual_seed(cfg.seed)
+            model = (nanogpt_model(args.nanogpt, model_cfg) if name.startswith("nanogpt") else
+                     HFCausalLM(model_cfg) if name.startswith("hf") else build_model("gpt", model_cfg))
+            batches = TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed)
+            result = run(f"{name} ({precision})", model, cfg, tokenizer, batches,
+                         skip_steps=min(50, args.steps // 2) if compiled else 0)
+            if name not in results or result[0]["tokens_per_s"] > results[name][0]["tokens_per_s"]:
+                results[name] = result
 
     print(f"\n  {'run':<22}{'tok/s':>10}{'MFU':>8}" + "".join(f"{f'val@{s}':>11}" for s in (500, 1000, 1500, 2000)))
     for name, (summary, evals) in results.items():
         tps = summary["tokens_per_s"]
         print(f"  {name:<22}{tps:>10,.0f}{tps * flops_per_token / (peak * 1e9):>8.1%}"
               + "".join(f"{evals[s]:>11.4f}" if s in evals else f"{'-':>11}" for s in (500, 1000, 1500, 2000)))
-    for ref in ("hf-fp32", "hf-bf16", "nanogpt"):
+    for ref in ("hf-fp32", "hf-bf16", "nanogpt", "nanogpt-compiled"):
         if ref in results:
             base = results[ref][0]["tokens_per_s"]
             print(f"against {ref}: " + ", ".join(f"{name} {summary['tokens_per_s'] / base:.2f}x"

@@ -69,7 +69,7 @@ def _native():
 
 
 @pytest.mark.parametrize("in_features", [64, 80])  # 80: the kernel reads a short last group as zero codes
-@pytest.mark.parametrize("rows", [1, 3, 17, 65])  # up to 64 rows the kernel (16 at a time), then a float product
+@pytest.mark.parametrize("rows", [1, 3, 17, 65, 300])  # the kernel up to native_rows (8 to 256, measured), then a float product
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_int8_kernel_gives_the_product_of_the_dequantized_weights(dtype, rows, in_features):
     """The kernel sums fp32 products in its own order: within fp32's rounding of the sum of |x| |w| of the
@@ -88,24 +88,27 @@ def test_the_int8_kernel_gives_the_product_of_the_dequantized_weights(dtype, row
 
 @pytest.mark.skipif(_native() is None, reason="no C compiler to build q8_0.c")
 def test_the_int8_kernel_is_the_native_one_and_threads_do_not_change_it(monkeypatch):
-    """Where a C compiler exists the decoding product runs q8_0.c (not the float fallback, which is slow:
-    it dequantizes the weight at every call); each output is summed by one thread in one order, so one
-    thread or two give the same bits; the kernel refuses what it cannot take (no rows, part of a group)."""
+    """Where a C compiler exists the decoding product (one row) runs q8_0.c (not the float fallback, which is
+    slow: it dequantizes the weight at every call); each output is summed by one thread in one order, so one
+    thread or two give the same bits, in both kernels, one row or several; the kernel refuses what it cannot
+    take (no rows, part of a group)."""
     from scratchllm.layers import quantized
 
     torch.manual_seed(0)
     q = Int8Weight(q8_0(torch.randn(200, 96)))
-    x = torch.randn(2, 96)
+    q4 = Int4Weight(q4_1(torch.randn(198, 96)))
+    x, rows = torch.randn(1, 96), torch.randn(11, 96)
+    quantized.native_rows("q8_0"), quantized.native_rows("q4_1")  # measured (with float products) before
     monkeypatch.setattr(torch.nn.functional, "linear", None)  # the fallback would fail: it is not taken
     threads = torch.get_num_threads()
+    results = []
     try:
-        torch.set_num_threads(1)
-        one = q(x, None)
-        torch.set_num_threads(2)
-        two = q(x, None)
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append([q(x, None), q4(x, None), q.product(rows, native=True), q4.product(rows, native=True)])
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one, two)
+    assert all(torch.equal(one, two) for one, two in zip(*results))
     kernel = quantized._kernel("q8_0")
     y = torch.empty(1, 200)
     assert kernel(torch.randn(1, 90).data_ptr(), q.codes.data_ptr(), q.scale.data_ptr(), y.data_ptr(), 1, 90, 200, 1) == 1
@@ -249,8 +252,8 @@ def test_int4_packing_keeps_every_code_scale_and_minimum():
 
 
 # q4_1.c: one row; up to 8 rows unpacked straight into registers (AVX512); more, through a dequantized tile
-# of 4 weight rows (98 outputs: a last tile of 2); past 64 rows, a float product
-@pytest.mark.parametrize("rows", [(1,), (2, 3), (3, 5), (17,), (65,)])
+# of 4 weight rows (98 outputs: a last tile of 2); past native_rows (8 to 256, measured per CPU), a float product
+@pytest.mark.parametrize("rows", [(1,), (2, 3), (3, 5), (17,), (65,), (300,)])
 @pytest.mark.parametrize("out_features", [96, 98])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_int4_kernel_gives_the_product_of_the_dequantized_weights(dtype, out_features, rows):
@@ -355,3 +358,50 @@ def test_quantized_form_names_what_quantize_made():
     gpt = tiny_gpt()
     quantize(gpt, "int8")
     assert quantized_form(gpt) == "int8"
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_1"])
+def test_the_kernel_and_the_float_product_agree_at_any_row_count(kind):
+    """Which of the two a product takes is a measured choice (native_rows): both must give the product of the
+    dequantized weights within fp32's rounding, at the same rows."""
+    torch.manual_seed(0)
+    w = torch.randn(40, 96)
+    weight = Int8Weight(q8_0(w)) if kind == "q8_0" else Int4Weight(q4_1(w))
+    x = torch.randn(100, 96)
+    exact = x.double() @ weight.dequantized().double().t()
+    bound = 2**-18 * (x.double().abs() @ weight.dequantized().double().abs().t())
+    for native in (True, False):
+        assert ((weight.product(x, native).double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.skipif(_native() is None, reason="no C compiler to build the kernels")
+def test_the_kernel_row_limit_is_measured_once_per_build_and_kept(monkeypatch):
+    """native_rows measures the crossover on this CPU the first time (torch's random state untouched), keeps it
+    as JSON beside the kernel's build, reads it back in a later process instead of measuring again, and
+    measures again (replacing it) when the kept file does not hold one of the counts it tries."""
+    import json
+    from pathlib import Path
+
+    from scratchllm.layers import native, quantized
+
+    path = Path(native.load("q4_1")._name).with_suffix(".rows.json")
+    monkeypatch.setattr(quantized, "native_rows", quantized.native_rows.__wrapped__)  # no process-wide memo here
+    path.unlink(missing_ok=True)
+    state = torch.get_rng_state()
+    rows = quantized.native_rows("q4_1")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert rows in (1, *quantized._ROW_STEPS)
+    kept = json.loads(path.read_text())
+    assert kept["rows"] == rows and len(kept["microseconds (kernel, float) by rows"]) >= 1
+
+    def measure(name):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(quantized, "_calibrate", measure)
+    assert quantized.native_rows("q4_1") == rows  # read back
+    for hostile in ('{"rows": 1000000000}', '{"rows": "all"}', "not json", '["rows"]'):
+        path.write_text(hostile)
+        monkeypatch.setattr(quantized, "_calibrate", lambda name: (16, {16: (1.0, 2.0)}))
+        assert quantized.native_rows("q4_1") == 16
+        assert json.loads(path.read_text())["rows"] == 16
+    path.unlink()

@@ -21,7 +21,7 @@ step's overhead, not the product, was the cost. With several rows (the server's 
 unpacks each group once for up to 4 rows and 4 outputs at a time: 0.66-0.92x torch's at 2-8 rows and
 0.75-0.87x at 16-64 (`benchmarks/quantized_kernels.py`, same machine; its first multi-row kernel, which
 unpacked every group once per row, was 0.42-0.52x). Both kernels are
-for decoding: for more rows than `_NATIVE_ROWS` (a prefill) the weight is dequantized for a float product.
+for decoding: for more rows than `native_rows` (a prefill; measured per CPU) the weight is dequantized for a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
 Q4_1, a minimum m; Q4_0's is -8 d), w = d q + m, so a GGUF file's Q4 blocks run as they are stored
@@ -95,8 +95,75 @@ def q8_0(weight_out_in: torch.Tensor) -> Q8Blocks:
 # dequantized weight pays for dequantizing (a fresh fp32 copy) first. Measured (2 threads, AVX2 EPYC,
 # microseconds, kernel / dequantize + F.linear): 576 x 1536 at 32 rows 650 / 1244, 64 rows 1340 / 1846,
 # 96 rows 2070 / 2053, 128 rows 2891 / 2479; 1536 x 576 at 96 rows 2481 / 1814; the head (576 x 49152) at
-# 128 rows 99 / 155 ms. So the kernel up to 64 rows.
-_NATIVE_ROWS = 64  # more rows than this (a prefill, a long scoring batch): dequantize, then a float product
+# 128 rows 99 / 155 ms. So the kernel up to 64 rows there; on the AVX512 EPYC (2026-12-03, after q4_1.c's
+# multi-row rewrite) int4 at 64 rows was 505 against 561 us for F.linear with the float weight ready, before
+# any dequantizing. Where the crossover lies depends on the CPU, so it is measured on the CPU at hand
+# (`native_rows`), once, and kept beside the kernel built for it.
+_ROW_STEPS = (8, 16, 32, 64, 128, 256)  # the row counts a calibration tries, in order
+
+
+@lru_cache(maxsize=None)
+def native_rows(name: str) -> int:
+    """The most rows {name}.c multiplies before dequantizing the weight for a float product is faster.
+
+    Measured on this CPU the first time it is asked (a 1024 x 1024 weight, the row counts of _ROW_STEPS in
+    turn until the float product wins; about a second) and kept as JSON beside the kernel native.py built
+    for this CPU, source and compiler, so each build is calibrated once. A kept file that does not hold one
+    of the counts tried is measured again. 0 without a kernel (every product is a float one)."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from scratchllm.layers import native
+
+    if _kernel(name) is None:
+        return 0
+    path = Path(native.load(name)._name).with_suffix(".rows.json")
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        if isinstance(rows, int) and rows in (1, *_ROW_STEPS):
+            return rows
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or not ours to trust: measure
+    rows, timings = _calibrate(name)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rows-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"rows": rows, "microseconds (kernel, float) by rows": timings}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: measured again by the next process
+    return rows
+
+
+def _calibrate(name: str) -> tuple[int, dict[int, tuple[float, float]]]:
+    """(rows, {rows: (kernel us, float us)}) for a 1024 x 1024 weight; torch's random state untouched."""
+    import time
+
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(1024, 1024, generator=generator) * 0.02
+    weight = Int8Weight(q8_0(w)) if name == "q8_0" else Int4Weight(q4_1(w))
+
+    def best_us(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(3):
+                fn()
+            times.append((time.perf_counter() - start) / 3 * 1e6)
+        return min(times)
+
+    rows, timings = 1, {}
+    for m in _ROW_STEPS:
+        x = torch.randn(m, 1024, generator=generator)
+        kernel, dense = best_us(lambda: weight.product(x, native=True)), best_us(lambda: weight.product(x, native=False))
+        timings[m] = (round(kernel, 1), round(dense, 1))
+        if kernel > dense:
+            break
+        rows = m
+    return rows, timings
 
 
 _ARGUMENTS = {"q8_0": 4, "q4_1": 5}  # pointer arguments of each kernel's matmul (then M, K, N, threads)
@@ -144,16 +211,19 @@ class Int8Weight:
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
         flat = x.reshape(-1, self.in_features)
-        kernel = _kernel("q8_0") if flat.size(0) <= _NATIVE_ROWS and flat.device.type == "cpu" else None
-        if kernel is None:  # many rows, or no compiler: one float product
-            y = torch.nn.functional.linear(flat, self.dequantized().to(flat.dtype))
-        else:
-            rows = torch.nn.functional.pad(flat.float(), (0, self.codes.size(1) - self.in_features)).contiguous()
-            y = torch.empty(rows.size(0), self.out_features)
-            kernel(rows.data_ptr(), self.codes.data_ptr(), self.scale.data_ptr(), y.data_ptr(),
-                   rows.size(0), rows.size(1), self.out_features, torch.get_num_threads())
-        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        native = flat.device.type == "cpu" and flat.size(0) <= native_rows("q8_0")
+        y = self.product(flat, native).view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if bias is None else y + bias
+
+    def product(self, flat: torch.Tensor, native: bool) -> torch.Tensor:  # (rows, in) -> (rows, out)
+        kernel = _kernel("q8_0") if native else None
+        if kernel is None:  # many rows, or no compiler: one float product
+            return torch.nn.functional.linear(flat.float(), self.dequantized())  # fp32, as the kernel: no bf16 weight
+        rows = torch.nn.functional.pad(flat.float(), (0, self.codes.size(1) - self.in_features)).contiguous()
+        y = torch.empty(rows.size(0), self.out_features)
+        kernel(rows.data_ptr(), self.codes.data_ptr(), self.scale.data_ptr(), y.data_ptr(),
+               rows.size(0), rows.size(1), self.out_features, torch.get_num_threads())
+        return y
 
 
 @dataclass
@@ -221,16 +291,19 @@ class Int4Weight:
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # (..., in) -> (..., out)
         flat = x.reshape(-1, self.in_features)
-        kernel = _kernel("q4_1") if flat.size(0) <= _NATIVE_ROWS and flat.device.type == "cpu" else None
-        if kernel is None:  # many rows, or no compiler: one float product
-            y = torch.nn.functional.linear(flat, self.dequantized().to(flat.dtype))
-        else:
-            rows = flat.float().contiguous()
-            y = torch.empty(rows.size(0), self.out_features)
-            kernel(rows.data_ptr(), self.codes.data_ptr(), self.scale.data_ptr(), self.min.data_ptr(), y.data_ptr(),
-                   rows.size(0), rows.size(1), self.out_features, torch.get_num_threads())
-        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        native = flat.device.type == "cpu" and flat.size(0) <= native_rows("q4_1")
+        y = self.product(flat, native).view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if bias is None else y + bias
+
+    def product(self, flat: torch.Tensor, native: bool) -> torch.Tensor:  # (rows, in) -> (rows, out)
+        kernel = _kernel("q4_1") if native else None
+        if kernel is None:  # many rows, or no compiler: one float product
+            return torch.nn.functional.linear(flat.float(), self.dequantized())  # fp32, as the kernel: no bf16 weight
+        rows = flat.float().contiguous()
+        y = torch.empty(rows.size(0), self.out_features)
+        kernel(rows.data_ptr(), self.codes.data_ptr(), self.scale.data_ptr(), self.min.data_ptr(), y.data_ptr(),
+               rows.size(0), rows.size(1), self.out_features, torch.get_num_threads())
+        return y
 
 
 def quantized_form(model: nn.Module) -> str | None:

@@ -20,8 +20,8 @@ AVX512-BF16, 2 threads, 2026-12-03: 576 x 960 26 / 25 us, 576 x 3072 67-90 / 57-
 step's overhead, not the product, was the cost. With several rows (the server's batched steps) q4_1.c
 unpacks each group once for up to 4 rows and 4 outputs at a time: 0.66-0.92x torch's at 2-8 rows and
 0.75-0.87x at 16-64 (`benchmarks/quantized_kernels.py`, same machine; its first multi-row kernel, which
-unpacked every group once per row, was 0.42-0.52x). Both kernels are
-for decoding: for more rows than `native_rows` (a prefill; measured per CPU) the weight is dequantized for a float product.
+unpacked every group once per row, was 0.42-0.52x). Both kernels are for decoding: for more rows than
+`native_rows` (a prefill; the crossover measured per CPU) the weight is dequantized for a float product.
 
 int4's groups are llama.cpp's Q4_0 and Q4_1 blocks: 32 weights of one row share a scale d (and, in
 Q4_1, a minimum m; Q4_0's is -8 d), w = d q + m, so a GGUF file's Q4 blocks run as they are stored

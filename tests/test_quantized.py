@@ -70,16 +70,17 @@ def _native():
 
 @pytest.mark.parametrize("in_features", [64, 80])  # 80: the kernel reads a short last group as zero codes
 @pytest.mark.parametrize("rows", [1, 3, 17, 65, 300])  # the kernel up to native_rows (8 to 256, measured), then a float product
+@pytest.mark.parametrize("out_features", [96, 98])  # several rows: 4 outputs at a time (AVX512), a last 2
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_int8_kernel_gives_the_product_of_the_dequantized_weights(dtype, rows, in_features):
+def test_the_int8_kernel_gives_the_product_of_the_dequantized_weights(dtype, out_features, rows, in_features):
     """The kernel sums fp32 products in its own order: within fp32's rounding of the sum of |x| |w| of the
     exact product (fp64 of the dequantized weights); a bf16 output adds half a bf16 step."""
     torch.manual_seed(0)
-    w, bias = torch.randn(96, in_features), torch.randn(96)
+    w, bias = torch.randn(out_features, in_features), torch.randn(out_features)
     x = torch.randn(rows, in_features).to(dtype)
     q = Int8Weight(q8_0(w))
     y = q(x, bias.to(dtype))
-    assert y.shape == (rows, 96) and y.dtype == dtype
+    assert y.shape == (rows, out_features) and y.dtype == dtype
     exact = x.double() @ q.dequantized().double().t() + bias.to(dtype).double()
     size = x.double().abs() @ q.dequantized().double().abs().t() + bias.abs().double()
     bound = (2**-8 if dtype == torch.bfloat16 else 2**-18) * size

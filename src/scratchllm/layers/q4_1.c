@@ -182,32 +182,21 @@ static inline void q4_block_direct(const float *x, const uint8_t *codes, const f
     y += r0 * N;
     const int64_t groups = K / Q4_GROUP;
     const __m128i low4 = _mm_set1_epi8(0x0F);
-    __m512 acc[Q4_BLOCK][Q4_TILE];
-#pragma GCC unroll 4
-    for (int i = 0; i < Q4_BLOCK; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < Q4_TILE; j++) acc[i][j] = _mm512_setzero_ps();
+    __m512 acc[BLOCK][BLOCK];  /* Q4_BLOCK = Q4_TILE = BLOCK with AVX512 (simd.h) */
+    block_zero(acc);
     for (int64_t g = 0; g < groups; g++) {
-        __m512 lo[Q4_TILE], hi[Q4_TILE];
+        __m512 lo[BLOCK], hi[BLOCK];
 #pragma GCC unroll 4
-        for (int j = 0; j < Q4_TILE; j++) {
+        for (int j = 0; j < BLOCK; j++) {
             const int64_t n = n0 + (j < cols ? j : 0);  /* past N: a copy of row n0, not stored */
             const __m128i packed = _mm_loadu_si128((const __m128i *)(codes + n * (K / 2) + g * 16));
             const __m512 dv = _mm512_set1_ps(d[n * groups + g]), mv = _mm512_set1_ps(m[n * groups + g]);
             lo[j] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(packed, low4))), mv);
             hi[j] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(packed, 4), low4))), mv);
         }
-#pragma GCC unroll 4
-        for (int i = 0; i < Q4_BLOCK; i++) {
-            if (i < M) {
-                const __m512 x0 = _mm512_loadu_ps(x + i * K + g * Q4_GROUP), x1 = _mm512_loadu_ps(x + i * K + g * Q4_GROUP + 16);
-#pragma GCC unroll 4
-                for (int j = 0; j < Q4_TILE; j++) acc[i][j] = _mm512_fmadd_ps(x1, hi[j], _mm512_fmadd_ps(x0, lo[j], acc[i][j]));
-            }
-        }
+        block_group(acc, lo, hi, x + g * Q4_GROUP, K, M);
     }
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < cols; j++) y[i * N + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+    block_store(acc, y + n0, N, M, cols);
 }
 #endif
 

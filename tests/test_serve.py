@@ -114,20 +114,25 @@ def test_kv_cache_rows_share_memory_and_write_where_each_row_is():
 CONTEXT = 128
 
 
-def load_llama(run):
+def load_llama(run, end_of_reply: bool = True):
     """The tiny Llama run, its context lifted from 32 to CONTEXT positions: room for replies. A Llama's
-    context is a number in its config (RoPE has no table of positions); a GPT's is its wpe table."""
+    context is a number in its config (RoPE has no table of positions); a GPT's is its wpe table.
+    The run has had a few steps of training, so <|endoftext|> is about as likely as any of its 300 tokens:
+    a sampled reply ends early now and then. `end_of_reply=False` serves a copy that never stops at it,
+    for tests that need a reply to run on while a client acts."""
     lm = load_pretrained(run)
     lm.model.config = dataclasses.replace(lm.model.config, block_size=CONTEXT)
+    if not end_of_reply:
+        lm.stop_tokens = ()
     return lm
 
 
 @contextlib.contextmanager
-def live(run, name=NAME, **options):
+def live(run, name=NAME, end_of_reply: bool = True, **options):
     """A server of the tiny Llama on a free port of 127.0.0.1 in this process: (url, its state)."""
     from scratchllm.serve import create_app, in_background
 
-    app = create_app(load_llama(run), name, **options)
+    app = create_app(load_llama(run, end_of_reply), name, **options)
     with in_background(app) as url:
         yield url, app.state.server
 
@@ -365,10 +370,19 @@ def test_a_full_queue_answers_503_and_a_gone_client_frees_its_row(llama_run):
 
 def test_a_client_gone_before_a_whole_reply_frees_its_row(server):
     url, state = server
+    # The model has had a few steps of training: about 1 sample in 40 ends at <|endoftext|> within 10 tokens,
+    # and then the client has its whole reply before it gives up (CI saw that once). So the request carries a
+    # seed whose reply is first checked to run all 60 tokens.
+    for seed in range(50):
+        body = {"model": NAME, "prompt": "ROMEO:", "max_tokens": 60, "seed": seed}
+        whole = httpx.post(url + "/v1/completions", json=body, timeout=30).json()
+        if whole["choices"][0]["finish_reason"] == "length":
+            break
+    assert whole["usage"]["completion_tokens"] == 60
     before = httpx.get(url + "/health").json()["cancelled"]
     with slow_steps(state, 0.05):
         with pytest.raises(httpx.ReadTimeout):  # 60 tokens take 3 s; the client gives up after 0.5 s and closes
-            httpx.post(url + "/v1/completions", json={"model": NAME, "prompt": "ROMEO:", "max_tokens": 60}, timeout=0.5)
+            httpx.post(url + "/v1/completions", json=body, timeout=0.5)
         deadline = time.monotonic() + 10
         while (httpx.get(url + "/health").json()["running"] or httpx.get(url + "/health").json()["cancelled"] == before) \
                 and time.monotonic() < deadline:
@@ -435,7 +449,7 @@ def chromium() -> str:
 
 def test_the_playground_streams_a_reply_and_stops_it_in_a_browser(chromium, llama_run):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    with live(llama_run) as (url, state), slow_steps(state, 0.15), sync_playwright() as p:
+    with live(llama_run, end_of_reply=False) as (url, state), slow_steps(state, 0.15), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()

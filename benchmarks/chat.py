@@ -17,8 +17,8 @@ dependency of the project) runs both files itself. Each path runs `--rounds` tim
 alternating, and its best round counts (this machine's speed drifts minute to minute). Prints
 tokens/s, the ratios, the bytes of weights each decoded token reads and the memory bandwidth
 measured here, which bounds decoding: tokens/s <= bandwidth / bytes per token. Our models' weights
-are packed for oneDNN once, before timing (as `scratchllm chat` and the server do; the time it took
-is printed: the prefill uses them); each decoding step is one call into C (layers/llama_step.c), and the
+are packed once, before timing, as `scratchllm chat` does (fp32 for oneDNN, bf16 as (out, in) copies, which
+the one-call step reads; the time it took is printed: the prefill uses them too); each decoding step is one call into C (layers/llama_step.c), and the
 "forward pass" rows are the same models stepping through their forward pass, for the fused step's gain.
 
 --memory: each path alone in a fresh process (the model loaded, the short prompt and --new-tokens decoded):
@@ -258,6 +258,7 @@ def main():
     import scratchllm
     from scratchllm.chat_template import render_chat
     from scratchllm.layers import pack_for_inference
+    from scratchllm.models.decode import decoding_bf16_layout
     from scratchllm.pretrained import pretrained_path
 
     transformers.logging.set_verbosity_error()
@@ -272,9 +273,9 @@ def main():
                         lm32.chat_template, **dict(zip(("eos_id", "eot_id"), lm32.stop_tokens)))
     ours["int8 Q8_0 file"] = scratchllm.load_pretrained(q8_path, precision="int8")
     pack_seconds = {}
-    for p, lm in ours.items():  # once, as `scratchllm chat` and the server do (layers/linear.py)
-        start = time.perf_counter()
-        pack_for_inference(lm.model)
+    for p, lm in ours.items():  # once, as `scratchllm chat` does (layers/linear.py), in the layout one-row
+        start = time.perf_counter()  # decoding reads (bf16: the (out, in) copies the one-call step reads)
+        pack_for_inference(lm.model, decoding_bf16_layout(lm.model, 1))
         pack_seconds[p] = time.perf_counter() - start
     tok, template = ours["fp32"].tokenizer, ours["fp32"].chat_template
     hf32 = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
@@ -294,7 +295,7 @@ def main():
           + (f", llama-cpp-python {llama_cpp.__version__}" if llm else ", llama.cpp not installed"))
     print(f"measured read bandwidth: {bw:.1f} GB/s")
 
-    print("weights packed for oneDNN in " + ", ".join(f"{s:.2f} s ({p})" for p, s in pack_seconds.items()))
+    print("weights packed in " + ", ".join(f"{s:.2f} s ({p})" for p, s in pack_seconds.items()))
 
     paths = {f"scratchllm {p}": (lambda ids, n, p=p: ours_run(ours[p], ids, n))
              for p in ("fp32", "bf16", *quantized, "int8 Q8_0 file")}

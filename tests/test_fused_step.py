@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scratchllm.layers import pack_for_inference
 from scratchllm.layers.quantized import quantize
-from scratchllm.models.decode import GREEDY, Engine, Request
+from scratchllm.models.decode import GREEDY, Engine, Request, decoding_bf16_layout
 from scratchllm.models.llama import Llama, LlamaConfig
 from scratchllm.models.llama_step import FusedStep, fused_step, why_not_fused
 
@@ -81,6 +82,36 @@ def test_in_bf16_the_fused_step_is_closer_to_exact_than_the_forward_pass(tie):
             assert got.dtype == torch.float32 and (got - want).abs().max() <= 2**-6 * want.abs().max()
             fused_err, forward_err = max(fused_err, (got - want).abs().max()), max(forward_err, (forward - want).abs().max())
     assert fused_err < forward_err
+
+
+@needs_compiler
+def test_in_bf16_the_step_reads_the_out_in_copies_of_packing_and_never_a_stale_one():
+    """Packed for decoding, a bf16 Llama's projections have (out, in) copies (models/llama_step.py says why) and
+    the step reads those: logits within fp32 rounding of the step over the weights themselves. A weight changed
+    in place leaves its copy stale: the step then reads the weight again."""
+    model = _model("bf16", tie=False)  # the head a Linear: copied too
+    ids = [3, 17, 40, 5]
+
+    def steps():
+        with torch.inference_mode():
+            step = fused_step(model, model.new_cache(1, 16, torch.bfloat16, "cpu"))
+            return step, torch.cat([step.step(t, i, 0) for i, t in enumerate(ids)])
+
+    plain_step, plain = steps()
+    assert decoding_bf16_layout(model, 1) == "out_in" and decoding_bf16_layout(model, 2) == "onednn"
+    assert pack_for_inference(model, decoding_bf16_layout(model, 1))
+    packed_step, packed = steps()
+    for part in ("qkv", "proj", "gate_up", "down"):
+        assert getattr(plain_step.args, part)[0].kind == 16 and getattr(packed_step.args, part)[1].kind == 17
+    assert plain_step.args.head.contents.kind == 16 and packed_step.args.head.contents.kind == 17
+    assert (packed - plain).abs().max() <= 1e-5 * plain.abs().max()
+    with torch.no_grad():
+        model.blocks[0].mlp.down.weight.mul_(2.0)  # in place: the copy no longer equals it
+    with torch.inference_mode():
+        changed = torch.cat([packed_step.step(t, i, 0) for i, t in enumerate(ids)])
+    assert packed_step.args.down[0].kind == 16  # rebuilt over the weight itself
+    _, want = steps()
+    assert not torch.equal(changed, packed) and torch.equal(changed, want)
 
 
 @needs_compiler

@@ -18,7 +18,7 @@ from torch import nn
 from scratchllm.errors import ScratchLLMError
 from scratchllm.layers import packed_for_inference
 from scratchllm.models.decode import (GREEDY, MAX_LOGPROBS, ON_FULL, Engine, Request, Sampling, SamplingError, Token,
-                                      next_token_probs, sample_next)
+                                      decoding_bf16_layout, next_token_probs, sample_next)
 
 __all__ = ["GREEDY", "MAX_LOGPROBS", "ON_FULL", "Engine", "Request", "Sampling", "SamplingError", "Token", "generate",
            "generate_batch", "next_token_probs", "sample_next", "sampling_from"]
@@ -60,7 +60,7 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     # the cache holds what this call can reach: a short reply from a long-context model (SmolLM2: 8192)
     # need not allocate, and zero, the whole context
     reach = max(len(p) for p in prompts) + s.max_tokens
-    with packed_for_inference(model):
+    with packed_for_inference(model, decoding_bf16_layout(model, len(prompts))):
         engine = Engine(model, len(prompts), min(model.config.block_size, reach), on_full=on_full, use_cache=use_cache,
                         fused=fused)
         requests = [Request(p, s) for p in prompts]

@@ -170,25 +170,35 @@ def can_pack(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def pack_for_inference(model: nn.Module) -> list[nn.Module]:
+BF16_LAYOUTS = ("onednn", "out_in")
+
+
+def pack_for_inference(model: nn.Module, bf16_layout: str = "onednn") -> list[nn.Module]:
     """Give every projection of `model` a oneDNN-packed copy of its weight for no-grad forward passes
     on the CPU (decoding); projections already packed and still valid are kept. Costs one more copy
     of the weights in memory (and ~0.1 s for SmolLM2-135M); `unpack` drops them. fp32 products of a
     packed weight can differ from torch's in the last bit (another summation order); bf16 ones are
-    equal. Where oneDNN cannot pack bf16 (a CPU without AVX512), a bf16 weight gets an (out, in) copy
-    instead (OutInWeight), whose products may differ from x @ W in the last bit. Returns the projections
-    given a copy by this call."""
+    equal. A bf16 weight gets an (out, in) copy instead (OutInWeight), whose products may differ from
+    x @ W in the last bit, where oneDNN cannot pack bf16 (a CPU without AVX512) or `bf16_layout` is
+    "out_in": the layout a Llama's one-call decoding step reads fastest (models/llama_step.py). Returns
+    the projections given a copy by this call."""
+    if bf16_layout not in BF16_LAYOUTS:
+        raise ValueError(f"bf16_layout is one of {BF16_LAYOUTS}, not {bf16_layout!r}")
     projections = list(_projections(model))
     fp32_bytes = sum(w.numel() * 4 for _, w in projections if w.dtype == torch.float32)
     packed = []
     with torch.no_grad():
         for module, weight in projections:
-            if module.packed is not None and module.packed.matches(module.weight):
+            out_in = weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and (
+                bf16_layout == "out_in" or not can_pack(weight))
+            if module.packed is not None and module.packed.matches(module.weight) and \
+                    isinstance(module.packed, OutInWeight) == out_in:
+                continue
+            if out_in:
+                module.packed = OutInWeight(weight, module.weight)
+                packed.append(module)
                 continue
             if not can_pack(weight):
-                if weight.dtype == torch.bfloat16 and weight.device.type == "cpu":  # no oneDNN bf16 here
-                    module.packed = OutInWeight(weight, module.weight)
-                    packed.append(module)
                 continue
             if weight.dtype == torch.float32 and fp32_bytes < FP32_PACK_MIN_MODEL_BYTES:
                 continue  # a small fp32 model: its weights stay in cache, where torch's products are quicker
@@ -198,14 +208,16 @@ def pack_for_inference(model: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def packed_for_inference(model: nn.Module) -> Iterator[nn.Module]:
-    """Pack `model` for the block and drop, at its end, the copies made for it (an outer packing stays)."""
-    made = pack_for_inference(model)
+def packed_for_inference(model: nn.Module, bf16_layout: str = "onednn") -> Iterator[nn.Module]:
+    """Pack `model` for the block and drop, at its end, the copies made for it: an outer packing stays, or
+    comes back where the block packed in another layout."""
+    before = {module: module.packed for module, _ in _projections(model)}
+    made = pack_for_inference(model, bf16_layout)
     try:
         yield model
     finally:
         for module in made:
-            module.packed = None
+            module.packed = before.get(module)
 
 
 def unpack(model: nn.Module) -> None:

@@ -210,6 +210,14 @@ class _Row:
     generated: int = 0
 
 
+
+def decoding_bf16_layout(model: nn.Module, max_batch: int = 1) -> str:
+    """The layout `pack_for_inference` copies a bf16 model's projections into for an engine of `max_batch` rows:
+    the model type's choice (a Llama's one-call step reads (out, in) rows), else oneDNN's."""
+    choose = spec_of(model).decoding_bf16_layout
+    return choose(model, max_batch) if choose is not None else "onednn"
+
+
 class Engine:
     """The one decoding loop: requests join the running batch between steps and leave when done.
 
@@ -240,7 +248,8 @@ class Engine:
             raise ScratchLLMError(f"on_full must be one of {', '.join(ON_FULL)}, got {on_full!r}")
         weights = next(model.parameters())
         self.model, self.device, self.dtype = model, weights.device, weights.dtype
-        pack_for_inference(model)  # CPU: weights in oneDNN's layout, for the engine's life (layers/linear.py)
+        # CPU: a copy of the weights in the layout decoding reads fastest, for the engine's life (layers/linear.py)
+        pack_for_inference(model, decoding_bf16_layout(model, max_batch))
         context = model.config.block_size
         self.max_len = min(max_len or context, context)  # positions of a row: prompt and reply
         self.vocab_size = spec.vocab_size(model.config)

@@ -23,7 +23,7 @@ from scratchllm.layers import (Attention, GatedMLP, KVCache, Linear, TiedHead, R
 from scratchllm.layers.loss import logits_and_loss
 from scratchllm.layers.mlp import ACTIVATIONS
 from scratchllm.models.limits import check_context, check_sizes
-from scratchllm.models.llama_step import fused_step
+from scratchllm.models.llama_step import decoding_bf16_layout, fused_step
 from scratchllm.models.spec import GGUFFormat, HFFormat, ModelSpec, Row, WeightMap, linear, norm, register
 from scratchllm.models.tasks import LANGUAGE
 
@@ -259,5 +259,5 @@ SPEC = register(ModelSpec(
     generation="cached", commands=frozenset({"train", "sample", "eval", "chat", "serve", "convert", "finetune"}),
     hf=HFFormat(("llama", "qwen3"), _config_from_hf, LLAMA_WEIGHTS, _config_to_hf),
     shard_units=lambda model: model.blocks, lora_targets=lora_targets, gguf=LLAMA_GGUF, quantizable=True,
-    fused_step=fused_step,
+    fused_step=fused_step, decoding_bf16_layout=decoding_bf16_layout,
 ))

@@ -4,7 +4,9 @@ Decoding one token in torch is ~62 operator calls a layer, each costing microsec
 hundred numbers: for SmolLM2-135M in int4 that was two thirds of the step (the profile in the notes).
 `FusedStep` hands the C step pointers to the model's own tensors (the compact weights as layers/quantized.py
 keeps them, or the float weights in our Linear's layout; the norms and embedding; the engine's KV cache), so
-nothing is copied and a prefill by the model's forward pass and the steps after it share one cache. It serves
+nothing is copied and a prefill by the model's forward pass and the steps after it share one cache. bf16
+weights are read from the (out, in) copies that packing for a one-row engine makes in place of oneDNN's
+(`decoding_bf16_layout`): each thread then streams its own rows, 2-5x quicker than the (in, out) columns here. It serves
 Llama's block (Qwen3's QK-norm too) in fp32, bf16, int8 or int4 on the CPU; `why_not_fused` says why not
 otherwise, and the engine then runs the model's forward pass. In fp32, int8 and int4 the logits equal the
 forward pass's to fp32 rounding; with bf16 weights the activations stay fp32 between products (the forward
@@ -20,7 +22,7 @@ import torch
 
 from scratchllm.layers import KVCache
 from scratchllm.errors import ScratchLLMError
-from scratchllm.layers.linear import Linear, TiedHead
+from scratchllm.layers.linear import Linear, OutInWeight, TiedHead
 from scratchllm.layers.quantized import Int4Weight, Int8Weight
 
 
@@ -74,8 +76,35 @@ def _weight(module) -> _QWeight:
         return _QWeight(4, q.in_features, q.out_features, q.codes.data_ptr(), q.scale.data_ptr(), q.min.data_ptr())
     w = module.weight
     layout = "out_in" if isinstance(module, TiedHead) else "in_out"
+    copy = _out_in_copy(module)
+    if copy is not None:
+        w, layout = copy, "out_in"
     out, in_ = w.shape if layout == "out_in" else reversed(w.shape)
     return _QWeight(_FLOAT_KINDS[w.dtype, layout], in_, out, w.data_ptr(), None, None)
+
+
+def _out_in_copy(module) -> torch.Tensor | None:
+    """A Linear's (out, in) copy of its weight (layers/linear.py's OutInWeight), while it still equals it."""
+    packed = module.packed if isinstance(module, Linear) else None
+    if isinstance(packed, OutInWeight) and packed.matches(module.weight):
+        return packed.tensor
+    return None
+
+
+# bf16 products of one row by SmolLM2-135M's weights in this step, 2 threads, AMD EPYC (AVX512), 2026-12-03
+# (all 30 layers, microseconds): (in, out) columns against (out, in) rows: gate_up 5,494 / 3,223, down 5,022 /
+# 1,296, qkv 1,769 / 671, proj 1,511 / 267. The columns' loop holds 4-8 row streams per thread (hand-written
+# AVX512 blocks did no better); a row's dot product holds one. fp32 columns already stream at the bound.
+# But several rows (a server's batched steps, the forward pass) multiply 1.6-2x quicker by oneDNN's packing
+# than by torch's product with an (out, in) copy (576 x 3072, 8 rows: 102 against 176 us), and the copy takes
+# the packing's place (one more copy of the weights, not two). `benchmarks/serve.py --model smollm2-135m-instruct
+# --precision bf16 --clients 8 --requests 2 --new-tokens 32`, the copies against the packing: one client at a
+# time 65.1 against 37.0 tok/s, 8 at once 93.0 against 114.3. So an engine of one row takes the copies.
+def decoding_bf16_layout(model, max_batch: int) -> str:
+    """"out_in" where this step serves the model and an engine of `max_batch` rows decodes every token with it
+    (one row): its bf16 projections then get (out, in) copies, which it reads, in place of oneDNN's packing,
+    which it cannot; else oneDNN's."""
+    return "out_in" if max_batch == 1 and why_not_fused(model) is None else "onednn"
 
 
 def _projections(model) -> list:
@@ -126,7 +155,7 @@ class FusedStep:
         if c.qk_norm:
             norms.update({k: (ctypes.c_void_p * c.n_layer)(*(getattr(b.attn, k).weight.data_ptr() for b in blocks))
                           for k in ("q_norm", "k_norm")})
-        self._keep += [weights, head, norms]
+        self._keep += [weights, head, norms, [_out_in_copy(m) for m in _projections(model)]]
         dtype = model.embed.weight.dtype
         if cache.k.dtype != dtype or not cache.k.is_contiguous():
             raise ValueError(f"the fused step needs a contiguous KV cache in the model's dtype ({dtype})")
@@ -170,6 +199,8 @@ class FusedStep:
             if isinstance(module, Linear):  # LoRA updates added since, or unmerged: the step cannot run them
                 lora = module.lora
                 out += [lora, int(lora.merged) if lora is not None else 0]
+                # the (out, in) copy read in place of the weight: made, dropped, or stale (the weight changed)
+                out.append(_out_in_copy(module))
         return out
 
     def step(self, token: int, position: int, row: int) -> torch.Tensor:

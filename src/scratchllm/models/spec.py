@@ -194,6 +194,9 @@ class ModelSpec:
     # (model, KV cache) -> an object whose step(token, position, row) gives one token's logits in one call, or
     # None where this model cannot have one (models/llama_step.py); None: the engine runs the forward pass
     fused_step: Callable[[nn.Module, Any], Any] | None = None
+    # (model, an engine's rows) -> the layout ("onednn" or "out_in", layers/linear.py's pack_for_inference) its bf16
+    # projections are copied into for decoding: the one the fused step reads fastest where it does; None: oneDNN's
+    decoding_bf16_layout: Callable[[nn.Module, int], str] | None = None
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)

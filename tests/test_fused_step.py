@@ -86,9 +86,9 @@ def test_in_bf16_the_fused_step_is_closer_to_exact_than_the_forward_pass(tie):
 
 @needs_compiler
 def test_in_bf16_the_step_reads_the_out_in_copies_of_packing_and_never_a_stale_one():
-    """Packed for decoding, a bf16 Llama's projections have (out, in) copies (models/llama_step.py says why) and
-    the step reads those: logits within fp32 rounding of the step over the weights themselves. A weight changed
-    in place leaves its copy stale: the step then reads the weight again."""
+    """Packed for one-row decoding, a bf16 Llama's projections have (out, in) copies (models/llama_step.py says
+    why) and the step reads those: logits within bf16 rounding of the step over the weights themselves. A weight
+    changed in place leaves its copy stale: the step then reads the weight again."""
     model = _model("bf16", tie=False)  # the head a Linear: copied too
     ids = [3, 17, 40, 5]
 
@@ -104,7 +104,10 @@ def test_in_bf16_the_step_reads_the_out_in_copies_of_packing_and_never_a_stale_o
     for part in ("qkv", "proj", "gate_up", "down"):
         assert getattr(plain_step.args, part)[0].kind == 16 and getattr(packed_step.args, part)[1].kind == 17
     assert plain_step.args.head.contents.kind == 16 and packed_step.args.head.contents.kind == 17
-    assert (packed - plain).abs().max() <= 1e-5 * plain.abs().max()
+    # The two layouts sum in other orders: a key or value that lands on the other side of a bf16 rounding in
+    # the cache moves the logits by up to ~1e-4 of the largest (5.6e-5 measured with the scalar build), so the
+    # bound is the bf16 test's above; a misread weight is off by the logits' own size.
+    assert (packed - plain).abs().max() <= 2**-6 * plain.abs().max()
     with torch.no_grad():
         model.blocks[0].mlp.down.weight.mul_(2.0)  # in place: the copy no longer equals it
     with torch.inference_mode():

@@ -67,6 +67,9 @@ typedef struct {
 /* bf16 (in, out) products sum their rows in fixed chunks of ROW_CHUNK (rows_in_out_bf16) */
 enum { ROW_CHUNK = 32 };
 
+/* floats of the Q4 group sums (q4_group_sums): one per group of the widest input */
+static int64_t group_sums_floats(int64_t dim, int64_t hidden) { return (hidden > dim ? hidden : dim) / 32 + 16; }
+
 static int64_t chunks_of(int64_t in) { return (in + ROW_CHUNK - 1) / ROW_CHUNK; }
 
 /* floats of the chunks' partial sums: the largest of the block's four products */
@@ -80,9 +83,8 @@ static int64_t partial_floats(int64_t dim, int64_t qkv_out, int64_t att, int64_t
 
 int64_t llama_step_scratch(int32_t dim, int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, int32_t hidden,
                            int64_t max_len) {
-    int64_t widest = hidden > dim ? hidden : dim;
     return 2 * (int64_t)dim + (int64_t)(n_heads + 2 * n_kv_heads) * head_dim + (int64_t)n_heads * head_dim
-           + (int64_t)n_heads * max_len + 3 * (int64_t)hidden + widest / 32 + 16
+           + (int64_t)n_heads * max_len + 3 * (int64_t)hidden + group_sums_floats(dim, hidden)
            + partial_floats(dim, (int64_t)(n_heads + 2 * n_kv_heads) * head_dim, (int64_t)n_heads * head_dim, hidden);
 }
 
@@ -105,6 +107,28 @@ static inline float load(const void *p, int64_t i, int bf16) {
     return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
+/* acc[0:width] = x[k0:k1] W[k0:k1, 0:width] for bf16 W with `stride` elements between rows: rows k0..k1 summed
+   in order, four a pass. The step's bf16 (in, out) products run it over fixed chunks of rows, each chunk by one
+   thread over all columns (matvec), rather than over each thread's columns and all rows (columns_in_out, still
+   the head's): a thread then streams its rows in order, one region of memory, where its columns held 4 streams
+   of rows. SmolLM2's bf16 products, all 30 layers, 2 threads, AMD EPYC AVX512 (microseconds, chunks / columns):
+   gate_up 3,818 / 4,355, down 2,329 / 3,777, qkv 1,356 / 1,536, proj 353 / 477. (The (out, in) copies of
+   pack_for_inference are quicker still: models/llama_step.py.) */
+static void rows_in_out_bf16(const uint16_t *W, int64_t stride, int64_t width, const float *x, float *acc,
+                             int64_t k0, int64_t k1) {
+    for (int64_t j = 0; j < width; j++) acc[j] = 0.0f;
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {
+        const uint16_t *r0 = W + k * stride, *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
+        const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+        for (int64_t j = 0; j < width; j++)
+            acc[j] += x0 * bf16_to_float(r0[j]) + x1 * bf16_to_float(r1[j]) + x2 * bf16_to_float(r2[j])
+                      + x3 * bf16_to_float(r3[j]);
+    }
+    for (; k < k1; k++)
+        for (int64_t j = 0; j < width; j++) acc[j] += x[k] * bf16_to_float(W[k * stride + j]);
+}
+
 /* y[n0:n1] (+)= x W[:, n0:n1] for W (in, out) row-major: a thread's own columns, summed over the rows in order
    (the same order whatever the thread count), four rows of W per pass over its accumulator */
 static void columns_in_out(const QWeight *w, const float *x, float *y, int64_t n0, int64_t n1, int accumulate) {
@@ -112,10 +136,10 @@ static void columns_in_out(const QWeight *w, const float *x, float *y, int64_t n
     const int64_t out = w->out, in = w->in;
     for (int64_t c0 = n0; c0 < n1; c0 += 512) {
         const int64_t width = n1 - c0 < 512 ? n1 - c0 : 512;
-        for (int64_t j = 0; j < width; j++) acc[j] = 0.0f;
-        int64_t k = 0;
         if (w->kind == F32_IN_OUT) {
             const float *W = (const float *)w->codes;
+            int64_t k = 0;
+            for (int64_t j = 0; j < width; j++) acc[j] = 0.0f;
             for (; k + 4 <= in; k += 4) {
                 const float *r0 = W + k * out + c0, *r1 = r0 + out, *r2 = r1 + out, *r3 = r2 + out;
                 const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
@@ -124,39 +148,10 @@ static void columns_in_out(const QWeight *w, const float *x, float *y, int64_t n
             for (; k < in; k++)
                 for (int64_t j = 0; j < width; j++) acc[j] += x[k] * W[k * out + c0 + j];
         } else {
-            const uint16_t *W = (const uint16_t *)w->codes;
-            for (; k + 4 <= in; k += 4) {
-                const uint16_t *r0 = W + k * out + c0, *r1 = r0 + out, *r2 = r1 + out, *r3 = r2 + out;
-                const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
-                for (int64_t j = 0; j < width; j++)
-                    acc[j] += x0 * bf16_to_float(r0[j]) + x1 * bf16_to_float(r1[j]) + x2 * bf16_to_float(r2[j])
-                              + x3 * bf16_to_float(r3[j]);
-            }
-            for (; k < in; k++)
-                for (int64_t j = 0; j < width; j++) acc[j] += x[k] * bf16_to_float(W[k * out + c0 + j]);
+            rows_in_out_bf16((const uint16_t *)w->codes + c0, out, width, x, acc, 0, in);
         }
         for (int64_t j = 0; j < width; j++) y[c0 + j] = accumulate ? y[c0 + j] + acc[j] : acc[j];
     }
-}
-
-/* acc (out) = x[k0:k1] W[k0:k1, :] for bf16 W (in, out) row-major: one thread's chunk of rows, each summed in
-   order over all columns, four rows a pass. Why chunks and not each thread's columns over all rows (as
-   columns_in_out): a thread streams its rows in order, one region of memory, where its columns held 4 streams of
-   rows; SmolLM2's bf16 products, all 30 layers, 2 threads, AMD EPYC AVX512 (microseconds, chunks / columns):
-   gate_up 3,818 / 4,355, down 2,329 / 3,777, qkv 1,356 / 1,536, proj 353 / 477. (The (out, in) copies of
-   pack_for_inference are quicker still: models/llama_step.py.) */
-static void rows_in_out_bf16(const uint16_t *W, int64_t out, const float *x, float *acc, int64_t k0, int64_t k1) {
-    for (int64_t j = 0; j < out; j++) acc[j] = 0.0f;
-    int64_t k = k0;
-    for (; k + 4 <= k1; k += 4) {
-        const uint16_t *r0 = W + k * out, *r1 = r0 + out, *r2 = r1 + out, *r3 = r2 + out;
-        const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
-        for (int64_t j = 0; j < out; j++)
-            acc[j] += x0 * bf16_to_float(r0[j]) + x1 * bf16_to_float(r1[j]) + x2 * bf16_to_float(r2[j])
-                      + x3 * bf16_to_float(r3[j]);
-    }
-    for (; k < k1; k++)
-        for (int64_t j = 0; j < out; j++) acc[j] += x[k] * bf16_to_float(W[k * out + j]);
 }
 
 /* a . b over n floats (b fp32; a fp32, or bf16 when a_bf16): vector lanes and two accumulators, the lanes'
@@ -222,7 +217,7 @@ static void matvec(const QWeight *w, const float *x, float *y, float *sums, floa
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < chunks; c++) {
             const int64_t k1 = (c + 1) * ROW_CHUNK < w->in ? (c + 1) * ROW_CHUNK : w->in;
-            rows_in_out_bf16(W, out, x, partial + c * out, c * ROW_CHUNK, k1);
+            rows_in_out_bf16(W, out, out, x, partial + c * out, c * ROW_CHUNK, k1);
         }
 #pragma omp for schedule(static)
         for (int64_t j = 0; j < out; j++) {
@@ -294,7 +289,7 @@ int llama_step(const LlamaStep *s, int64_t token, int64_t pos, const float *cos,
     if (D > 1024 || pos < 0 || pos >= s->max_len) return 1;
     float *x = s->scratch, *h = x + dim, *qkv = h + dim, *att = qkv + (H + 2 * KV) * D;
     float *scores = att + H * D, *gu = scores + H * s->max_len, *act = gu + 2 * hidden, *sums = act + hidden;
-    float *partial = sums + (hidden > dim ? hidden : dim) / 32 + 16;
+    float *partial = sums + group_sums_floats(dim, hidden);
     const int64_t keys = pos + 1, group = H / KV;
     const float scale = 1.0f / sqrtf((float)D);
     for (int64_t i = 0; i < dim; i++) x[i] = load(s->embed, token * dim + i, bf16);

@@ -210,7 +210,6 @@ class _Row:
     generated: int = 0
 
 
-
 def decoding_bf16_layout(model: nn.Module, max_batch: int = 1) -> str:
     """The layout `pack_for_inference` copies a bf16 model's projections into for an engine of `max_batch` rows:
     the model type's choice (a Llama's one-call step reads (out, in) rows), else oneDNN's."""

@@ -188,7 +188,8 @@ class FusedStep:
         # what each module holds (its quantized form, a float weight and where that weight's memory is): a `.to()`,
         # loaded weights or a new quantization show here, and the step is built again rather than read freed or
         # stale memory (in-place changes need nothing: the step reads the tensors' memory at each call; a
-        # quantized form is never changed, only replaced). ~70 us a step for SmolLM2, 1% of an int4 step.
+        # quantized form is never changed, only replaced; an (out, in) copy, below). ~100 us a step for SmolLM2
+        # (80 without the copies' two reads), 1-1.5% of a step.
         out = []
         for module in self._watched:
             q = module.__dict__.get("quantized")
@@ -200,8 +201,11 @@ class FusedStep:
             if isinstance(module, Linear):  # LoRA updates added since, or unmerged: the step cannot run them
                 lora = module.lora
                 out += [lora, int(lora.merged) if lora is not None else 0]
-                # the (out, in) copy read in place of the weight: made, dropped, or stale (the weight changed)
-                out.append(_out_in_copy(module))
+                # the (out, in) copy the step may read in place of the weight: made, dropped or replaced, or stale
+                # (the weight changed in place: its version moved). Not `_out_in_copy` here: its check cost 120 us a
+                # step (SmolLM2, bf16), these two reads about 20.
+                packed = module.packed
+                out += [packed, module._parameters["weight"]._version if isinstance(packed, OutInWeight) else 0]
         return out
 
     def step(self, token: int, position: int, row: int) -> torch.Tensor:

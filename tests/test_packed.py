@@ -122,12 +122,14 @@ def test_generation_packs_the_model_and_decodes_the_same_tokens(dtype):
                 ids.append(int(model(torch.tensor([ids]))[0, -1].float().argmax()))
             reference.append(ids[len(prompt):])
     assert all(m.packed is None for m in projections(model))
-    # packed for the call (two rows): by oneDNN where it packs this dtype (bf16 only where its kernels do bf16: not
-    # with ONEDNN_MAX_CPU_ISA=AVX2 or on a CPU without AVX512), else bf16 as an (out, in) copy; decoded the same.
-    # (One row, where the one-call step decodes it, takes the (out, in) copy it reads: test_fused_step.py.)
-    layout = PackedWeight if can_pack(torch.empty(1, dtype=dtype)) else OutInWeight if dtype == torch.bfloat16 else None
-    assert decoding_bf16_layout(model, 2) == "onednn"
-    assert decoding_bf16_layout(model, 1) == ("out_in" if why_not_fused(model) is None else "onednn")
+    # packed for the call: bf16 as the (out, in) copies the one-call step reads where it decodes this model
+    # (test_fused_step.py); else by oneDNN where it packs this dtype (bf16 only where its kernels do bf16: not with
+    # ONEDNN_MAX_CPU_ISA=AVX2 or on a CPU without AVX512), else bf16 as an (out, in) copy; decoded the same.
+    onednn = PackedWeight if can_pack(torch.empty(1, dtype=dtype)) else OutInWeight if dtype == torch.bfloat16 else None
+    stepped = why_not_fused(model) is None
+    layout = OutInWeight if dtype == torch.bfloat16 and stepped else onednn
+    assert decoding_bf16_layout(model, fused=False) == "onednn"
+    assert decoding_bf16_layout(model) == ("out_in" if stepped else "onednn")
     packs = layout is not None
     steps = generate_batch(model, prompts, 12, temperature=0)
     out = [next(steps)]
@@ -140,11 +142,10 @@ def test_generation_packs_the_model_and_decodes_the_same_tokens(dtype):
         outer = [m.packed for m in projections(model)]
         list(generate_batch(model, prompts, 2, temperature=0))
         assert all(m.packed is p for m, p in zip(projections(model), outer))
-        one = generate_batch(model, prompts[:1], 12, temperature=0)  # one row: bf16 as the step's (out, in) copies
-        assert next(one) == [reference[0][0]]
-        one_row = OutInWeight if dtype == torch.bfloat16 and why_not_fused(model) is None else layout
-        assert all(type(m.packed) is one_row for m in projections(model) if packs)
-        assert [t for (t,) in one] == reference[0][1:]
+        plain = generate_batch(model, prompts[:1], 12, temperature=0, fused=False)  # the forward pass: oneDNN's
+        assert next(plain) == [reference[0][0]]
+        assert all(type(m.packed) is onednn and m.packed is p for m, p in zip(projections(model), outer) if packs)
+        assert [t for (t,) in plain] == reference[0][1:]
         assert all(m.packed is p for m, p in zip(projections(model), outer))
     assert all(m.packed is None for m in projections(model))
 

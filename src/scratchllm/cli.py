@@ -224,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: $SCRATCHLLM_API_KEY; none when unset)")
     sv.add_argument("--name", default=None, help="the model's id in the API (default: --model as given)")
     sv.add_argument("--max-batch", type=_count(1, 1025), default=8,
-                    help="requests generated together (default 8; 1 decodes a bf16 Llama's lone requests ~1.6x faster, "
-                         "through the weight copies `chat` uses)")
+                    help="requests generated together (default 8)")
     sv.add_argument("--max-len", type=_count(1), default=2048,
                     help="positions of each row of the KV cache: prompt + reply (default 2048, or the model's context if shorter)")
     sv.add_argument("--queue", type=_count(1, 1 << 20), default=64, help="requests that may wait for a row; more get 503 (default 64)")

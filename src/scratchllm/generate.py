@@ -49,8 +49,8 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     The options are `Sampling`'s fields (temperature=, top_k=, top_p=, min_p=, seed=, stop= token ids;
     or a whole `sampling=`); `max_new_tokens` is its max_tokens. A row stops after max_new_tokens or at a
     stop token (not yielded). Each row decodes what it would alone, in one `Engine`. On the CPU the
-    model's weights are packed for the call (layers/linear.py), unless they already are; a lone row steps
-    in one call into C where the model type has such a step (`fused=False`: the forward pass instead)."""
+    model's weights are packed for the call (layers/linear.py), unless they already are; the rows step
+    together in one call into C where the model type has such a step (`fused=False`: the forward pass instead)."""
     s = sampling_from(sampling, max_new_tokens, **options)
     if s.stop_strings:
         raise SamplingError("stop", f"strings need a tokenizer ({s.stop_strings[0]!r}): use Pretrained.stream, or "
@@ -60,7 +60,7 @@ def generate_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     # the cache holds what this call can reach: a short reply from a long-context model (SmolLM2: 8192)
     # need not allocate, and zero, the whole context
     reach = max(len(p) for p in prompts) + s.max_tokens
-    with packed_for_inference(model, decoding_bf16_layout(model, len(prompts))):
+    with packed_for_inference(model, decoding_bf16_layout(model, fused and use_cache)):
         engine = Engine(model, len(prompts), min(model.config.block_size, reach), on_full=on_full, use_cache=use_cache,
                         fused=fused)
         requests = [Request(p, s) for p in prompts]

@@ -210,11 +210,12 @@ class _Row:
     generated: int = 0
 
 
-def decoding_bf16_layout(model: nn.Module, max_batch: int = 1) -> str:
-    """The layout `pack_for_inference` copies a bf16 model's projections into for an engine of `max_batch` rows:
-    the model type's choice (a Llama's one-call step reads (out, in) rows), else oneDNN's."""
+def decoding_bf16_layout(model: nn.Module, fused: bool = True) -> str:
+    """The layout `pack_for_inference` copies a bf16 model's projections into for an engine: where it decodes with
+    the model type's fused step (`fused`), that type's choice (a Llama's step reads (out, in) rows), else oneDNN's
+    (the forward pass's products of several rows)."""
     choose = spec_of(model).decoding_bf16_layout
-    return choose(model, max_batch) if choose is not None else "onednn"
+    return choose(model) if fused and choose is not None else "onednn"
 
 
 class Engine:
@@ -226,10 +227,10 @@ class Engine:
     the tokens it gets alone; sampled, the same tokens for the same seed (each request draws from its
     own seeded generator). A step covers the span of busy rows, so a lone request runs at batch 1.
 
-    A lone running request steps in one call into C where the model type has such a step for these
+    The running requests step together in one call into C where the model type has such a step for these
     weights (`ModelSpec.fused_step`: a Llama block, models/llama_step.py), the same logits to fp32 rounding
-    without the forward pass's ~60 operator calls a layer; `fused=False`, or several running requests, take
-    the forward pass.
+    without the forward pass's ~60 operator calls a layer, each row's the bits it gets alone; `fused=False`
+    takes the forward pass (prefills always do).
 
     Not thread-safe: one thread owns it (serve/worker.py); only `Request.cancelled` may be set from
     elsewhere. A model whose spec generates by "recompute" (the bigram), or `use_cache=False`, runs the
@@ -248,14 +249,14 @@ class Engine:
         weights = next(model.parameters())
         self.model, self.device, self.dtype = model, weights.device, weights.dtype
         # CPU: a copy of the weights in the layout decoding reads fastest, for the engine's life (layers/linear.py)
-        pack_for_inference(model, decoding_bf16_layout(model, max_batch))
+        pack_for_inference(model, decoding_bf16_layout(model, fused and use_cache))
         context = model.config.block_size
         self.max_len = min(max_len or context, context)  # positions of a row: prompt and reply
         self.vocab_size = spec.vocab_size(model.config)
         self.on_full, self.first_position = on_full, first_position  # PaliGemma counts positions from 1
         self.cached = use_cache and spec.generation == "cached"  # a bigram has nothing to cache
         self.cache = model.new_cache(max_batch, self.max_len, self.dtype, self.device) if self.cached else None
-        # a lone request's step in one call where the model type has one for these weights (int8 / int4 Llama)
+        # the running requests' step in one call where the model type has one for these weights (a Llama block)
         self.fused = spec.fused_step(model, self.cache) if fused and self.cached and spec.fused_step else None
         self.rows: list[_Row | None] = [None] * max_batch
         self.kept: list[list[int]] = [[] for _ in range(max_batch)]  # tokens each row holds, fed in order
@@ -402,16 +403,18 @@ class Engine:
                 logits[r.index] = self._prefill(r.index, self.kept[r.index], 0)
             else:
                 stepping.append(r)
-        if len(stepping) == 1:  # alone: its own row of the cache, no mask
+        if self.fused is not None and stepping:  # every row in one call into C, each at its own position
+            out = self.fused.step_rows([r.last for r in stepping],
+                                       [len(self.kept[r.index]) + self.first_position for r in stepping],
+                                       [r.index for r in stepping])
+            logits.update({r.index: out[i:i + 1] for i, r in enumerate(stepping)})
+        elif len(stepping) == 1:  # alone: its own row of the cache, no mask
             r = stepping[0]
             length = len(self.kept[r.index])
-            if self.fused is not None:
-                logits[r.index] = self.fused.step(r.last, length + self.first_position, r.index)
-            else:
-                view = self.cache.rows(r.index, r.index + 1, length=length)
-                token = torch.tensor([[r.last]], device=self.device)
-                positions = torch.tensor([[length + self.first_position]], device=self.device)
-                logits[r.index] = self.model(token, positions=positions, cache=view)[:, -1]
+            view = self.cache.rows(r.index, r.index + 1, length=length)
+            token = torch.tensor([[r.last]], device=self.device)
+            positions = torch.tensor([[length + self.first_position]], device=self.device)
+            logits[r.index] = self.model(token, positions=positions, cache=view)[:, -1]
         elif stepping:
             logits.update(self._step_together(stepping))
         for r in stepping:

@@ -1,11 +1,14 @@
-"""A Llama's decoding step as one call into C (layers/llama_step.c): a token in, its logits out.
+"""A Llama's decoding step as one call into C (layers/llama_step.c): a token for each of an engine's running rows
+in, their logits out.
 
 Decoding one token in torch is ~62 operator calls a layer, each costing microseconds of dispatch for a few
 hundred numbers: for SmolLM2-135M in int4 that was two thirds of the step (the profile in the notes).
 `FusedStep` hands the C step pointers to the model's own tensors (the compact weights as layers/quantized.py
 keeps them, or the float weights in our Linear's layout; the norms and embedding; the engine's KV cache), so
-nothing is copied and a prefill by the model's forward pass and the steps after it share one cache. bf16
-weights are read from the (out, in) copies that packing for a one-row engine makes in place of oneDNN's
+nothing is copied and a prefill by the model's forward pass and the steps after it share one cache. Several rows
+(a server's requests) step in one call: each weight is read from memory once for all of them, and each row's
+sums run in the order they would alone (its logits are the same bits beside other rows or alone). bf16
+weights are read from the (out, in) copies that packing makes in place of oneDNN's for an engine with this step
 (`decoding_bf16_layout`): each thread then streams its own rows, 2-5x quicker than the (in, out) columns here. It serves
 Llama's block (Qwen3's QK-norm too) in fp32, bf16, int8 or int4 on the CPU; `why_not_fused` says why not
 otherwise, and the engine then runs the model's forward pass. In fp32, int8 and int4 the logits equal the
@@ -43,8 +46,8 @@ class _LlamaStep(ctypes.Structure):
                 ("qkv", ctypes.POINTER(_QWeight)), ("proj", ctypes.POINTER(_QWeight)),
                 ("gate_up", ctypes.POINTER(_QWeight)), ("down", ctypes.POINTER(_QWeight)), ("head", ctypes.POINTER(_QWeight)),
                 ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
-                ("layer_stride", ctypes.c_int64), ("head_stride", ctypes.c_int64),
-                ("scratch", ctypes.c_void_p), ("max_len", ctypes.c_int64)]
+                ("layer_stride", ctypes.c_int64), ("head_stride", ctypes.c_int64), ("row_stride", ctypes.c_int64),
+                ("scratch", ctypes.c_void_p), ("max_len", ctypes.c_int64), ("max_rows", ctypes.c_int32)]
 
 
 @lru_cache(maxsize=None)
@@ -55,10 +58,10 @@ def _library():
     if lib is None:
         return None
     lib.llama_step.restype = ctypes.c_int
-    lib.llama_step.argtypes = [ctypes.POINTER(_LlamaStep), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.llama_step.argtypes = [ctypes.POINTER(_LlamaStep), ctypes.c_int32] + [ctypes.c_void_p] * 4 + \
+        [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.llama_step_scratch.restype = ctypes.c_int64
-    lib.llama_step_scratch.argtypes = [ctypes.c_int32] * 5 + [ctypes.c_int64]
+    lib.llama_step_scratch.argtypes = [ctypes.c_int32] * 5 + [ctypes.c_int64, ctypes.c_int32]
     return lib
 
 
@@ -96,16 +99,14 @@ def _out_in_copy(module) -> torch.Tensor | None:
 # 1,296, qkv 1,769 / 671, proj 1,511 / 267. The columns' loop held 4-8 row streams per thread (hand-written
 # AVX512 blocks did no better); a row's dot product holds one. fp32 columns already stream at the bound. (The
 # step now sums a bf16 (in, out) weight's rows in chunks instead, 1.2-1.6x quicker than its columns: llama_step.c.)
-# But several rows (a server's batched steps, the forward pass) multiply 1.6-2x quicker by oneDNN's packing
-# than by torch's product with an (out, in) copy (576 x 3072, 8 rows: 102 against 176 us), and the copy takes
-# the packing's place (one more copy of the weights, not two). `benchmarks/serve.py --model smollm2-135m-instruct
-# --precision bf16 --clients 8 --requests 2 --new-tokens 32`, the copies against the packing: one client at a
-# time 65.1 against 37.0 tok/s, 8 at once 93.0 against 114.3. So an engine of one row takes the copies.
-def decoding_bf16_layout(model, max_batch: int) -> str:
-    """"out_in" where this step serves the model and an engine of `max_batch` rows decodes every token with it
-    (one row): its bf16 projections then get (out, in) copies, which it reads, in place of oneDNN's packing,
-    which it cannot; else oneDNN's."""
-    return "out_in" if max_batch == 1 and why_not_fused(model) is None else "onednn"
+# A server's batched steps are this step too, over several rows (each weight read once for all), so the copies
+# serve every decoding step; torch's own products of several rows by them are 1.6-2x slower than by oneDNN's
+# packing (576 x 3072, 8 rows: 176 against 102 us), so an engine that runs the forward pass instead
+# (`fused=False`) keeps the packing.
+def decoding_bf16_layout(model) -> str:
+    """"out_in" where this step serves the model: its bf16 projections then get (out, in) copies, which it reads,
+    in place of oneDNN's packing, which it cannot; else oneDNN's."""
+    return "out_in" if why_not_fused(model) is None else "onednn"
 
 
 def _projections(model) -> list:
@@ -140,8 +141,9 @@ def why_not_fused(model) -> str | None:
 
 
 class FusedStep:
-    """`step(token, position, row)` -> logits (1, vocab): the model's forward pass of one token at `position`
-    of cache row `row` (which holds positions 0 .. position - 1), written into that row, in one C call."""
+    """`step_rows(tokens, positions, rows)` -> logits (n, vocab): the model's forward pass of tokens[i] at
+    positions[i] of cache row rows[i] (which holds positions 0 .. positions[i] - 1), written into that row, for
+    n different rows in one C call; `step(token, position, row)` for one."""
 
     def __init__(self, model, cache: KVCache):
         c = model.config
@@ -161,12 +163,12 @@ class FusedStep:
         if cache.k.dtype != dtype or not cache.k.is_contiguous():
             raise ValueError(f"the fused step needs a contiguous KV cache in the model's dtype ({dtype})")
         n_layers, batch, kv, max_len, d = cache.k.shape
-        self.row_stride = kv * max_len * d  # floats from one row's layer-0 block to the next row's
         hidden = blocks[0].mlp.down.in_features
-        size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len)
+        size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len, batch)
         self.scratch = torch.empty(size)
-        self.rope = model._rope_tables(max_len + 1, torch.device("cpu"))  # (N, 2, head_dim): cos, signed sin
-        self.logits = torch.empty(head.out)
+        # (N, 2, head_dim): each position's cos and signed sin
+        self.rope = model._rope_tables(max_len + 1, torch.device("cpu")).float().contiguous()
+        self.logits = torch.empty(batch, head.out)
         self.args = _LlamaStep(
             n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,
             hidden=hidden, bf16=int(dtype == torch.bfloat16), eps=c.norm_eps, embed=model.embed.weight.data_ptr(),
@@ -174,8 +176,8 @@ class FusedStep:
             k_norm=norms.get("k_norm"), final_norm=model.norm.weight.data_ptr(), qkv=weights["qkv"],
             proj=weights["proj"], gate_up=weights["gate_up"], down=weights["down"], head=ctypes.pointer(head),
             k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
-            head_stride=max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len)
-        self._base = (cache.k.data_ptr(), cache.v.data_ptr())
+            head_stride=max_len * d, row_stride=kv * max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len,
+            max_rows=batch)
         self._watched = self._modules()
         self.signature = self._signature()
 
@@ -209,22 +211,29 @@ class FusedStep:
         return out
 
     def step(self, token: int, position: int, row: int) -> torch.Tensor:
+        """Logits (1, vocab) of `token` at `position` of cache row `row`."""
+        return self.step_rows([token], [position], [row])
+
+    def step_rows(self, tokens: list[int], positions: list[int], rows: list[int]) -> torch.Tensor:
+        """Logits (n, vocab) of tokens[i] at positions[i] of cache row rows[i], for n different rows in one call:
+        each weight is read once for all of them, and each row's logits are the bits it gets alone."""
         if not _same(self._signature(), self.signature):
             reason = why_not_fused(self.model)
             if reason is not None:
                 raise ScratchLLMError(f"the model changed since its engine was made and has no fused step now ({reason}); "
                                       "make a new Engine")
             self.__init__(self.model, self.cache)
-        if not 0 <= position < self.cache.max_len:
-            raise ValueError(f"position {position} is outside the cache's {self.cache.max_len}")
-        table = self.rope[position]  # (2, head_dim): this position's cos and signed sin
-        offset = row * self.row_stride * self.cache.k.element_size()  # bytes
-        self.args.k_cache, self.args.v_cache = self._base[0] + offset, self._base[1] + offset
-        done = self.lib.llama_step(ctypes.byref(self.args), token, position, table[0].data_ptr(), table[1].data_ptr(),
-                                   self.logits.data_ptr(), torch.get_num_threads())
+        n, batch = len(tokens), self.logits.size(0)
+        if not 0 < n == len(positions) == len(rows) or len(set(rows)) != n or not all(0 <= r < batch for r in rows):
+            raise ValueError(f"one token and position for each of 1 to {batch} different rows of the cache")
+        if not all(0 <= p < self.cache.max_len for p in positions):
+            raise ValueError(f"a position {positions} is outside the cache's {self.cache.max_len}")
+        ints = torch.tensor([tokens, positions, rows], dtype=torch.int64)
+        done = self.lib.llama_step(ctypes.byref(self.args), n, ints[0].data_ptr(), ints[1].data_ptr(), ints[2].data_ptr(),
+                                   self.rope.data_ptr(), self.rope.size(0), self.logits.data_ptr(), torch.get_num_threads())
         if done != 0:
-            raise RuntimeError(f"llama_step failed ({done})")
-        return self.logits.clone()[None]  # (1, vocab) fp32 (a bf16 model's forward pass rounds them to bf16)
+            raise RuntimeError(f"llama_step failed ({done}): a token outside the vocabulary?")
+        return self.logits[:n].clone()  # (n, vocab) fp32 (a bf16 model's forward pass rounds them to bf16)
 
 
 def _same(a: list, b: list) -> bool:

@@ -191,12 +191,13 @@ class ModelSpec:
     # the config (a fused qkv holds q, k and v side by side). None: no LoRA. See layers/linear.py, train/finetune.py
     lora_targets: Callable[[Any], dict[str, tuple[str, int, int]]] | None = None
     quantizable: bool = False  # its projections can decode from int8 or int4 weights (`--precision int8|int4`, layers/quantized.py)
-    # (model, KV cache) -> an object whose step(token, position, row) gives one token's logits in one call, or
-    # None where this model cannot have one (models/llama_step.py); None: the engine runs the forward pass
+    # (model, KV cache) -> an object whose step_rows(tokens, positions, rows) gives a token's logits for each of
+    # several cache rows in one call, or None where this model cannot have one (models/llama_step.py); None: the
+    # engine runs the forward pass
     fused_step: Callable[[nn.Module, Any], Any] | None = None
-    # (model, an engine's rows) -> the layout ("onednn" or "out_in", layers/linear.py's pack_for_inference) its bf16
-    # projections are copied into for decoding: the one the fused step reads fastest where it does; None: oneDNN's
-    decoding_bf16_layout: Callable[[nn.Module, int], str] | None = None
+    # model -> the layout ("onednn" or "out_in", layers/linear.py's pack_for_inference) its bf16 projections are
+    # copied into for decoding by the fused step: the one that step reads fastest; None: oneDNN's
+    decoding_bf16_layout: Callable[[nn.Module], str] | None = None
 
     def build(self, config) -> nn.Module:
         return self.model_class(config)

@@ -511,12 +511,12 @@ int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64
 #pragma omp for schedule(static)
             for (int32_t r = 0; r < n; r++) rmsnorm(p.x + r * dim, s->mlp_norm[l], bf16, p.h + r * dim, dim, s->eps);
             matvec(&s->gate_up[l], n, p.h, p.gu, &p, 1, 0);
-#pragma omp for schedule(static)
-            for (int64_t ri = 0; ri < n * hidden; ri++) {
-                const int64_t r = ri / hidden, i = ri % hidden;
-                const float g = p.gu[r * 2 * hidden + i];
-                p.act[ri] = g / (1.0f + expf(-g)) * p.gu[r * 2 * hidden + hidden + i];  /* silu(gate) * up */
-            }
+#pragma omp for collapse(2) schedule(static)
+            for (int32_t r = 0; r < n; r++)
+                for (int64_t i = 0; i < hidden; i++) {
+                    const float g = p.gu[r * 2 * hidden + i];
+                    p.act[r * hidden + i] = g / (1.0f + expf(-g)) * p.gu[r * 2 * hidden + hidden + i];  /* silu(gate) * up */
+                }
             matvec(&s->down[l], n, p.act, p.x, &p, 1, 1);
         }
 #pragma omp for schedule(static)

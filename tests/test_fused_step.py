@@ -10,7 +10,7 @@ import torch
 
 from scratchllm.layers import pack_for_inference
 from scratchllm.layers.quantized import quantize
-from scratchllm.models.decode import GREEDY, Engine, Request, decoding_bf16_layout
+from scratchllm.models.decode import GREEDY, Engine, Request, decoding_bf16_layout, kv_cache_dtype
 from scratchllm.models.llama import Llama, LlamaConfig
 from scratchllm.models.llama_step import FusedStep, fused_step, why_not_fused
 
@@ -120,6 +120,31 @@ def test_in_bf16_the_step_reads_the_out_in_copies_of_packing_and_never_a_stale_o
     assert packed_step.args.down[0].kind == 16  # rebuilt over the weight itself
     _, want = steps()
     assert not torch.equal(changed, packed) and torch.equal(changed, want)
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_a_quantized_model_decodes_from_a_bf16_cache(kind):
+    """A quantized model's engine keeps its KV cache in bf16 (half the bytes a long context reads a token); the step
+    writes its keys and values there rounded as the forward pass's writes are, and reads them back: logits within
+    the bf16 bound of the forward pass over its own bf16 cache (a misread cache is off by the logits' size)."""
+    model = _model(kind)
+    assert kv_cache_dtype(model) == torch.bfloat16 and kv_cache_dtype(_model(None)) == torch.float32
+    assert Engine(model, 2, 16).cache.k.dtype == torch.bfloat16
+    ids = torch.randint(0, 96, (1, 14), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        cache, reference = (model.new_cache(1, 32, torch.bfloat16, "cpu") for _ in range(2))
+        model(ids[:, :6], cache=cache)
+        model(ids[:, :6], cache=reference)
+        step = fused_step(model, cache)
+        assert step.args.cache_bf16 == 1
+        for t in range(6, 14):
+            got = step.step(int(ids[0, t]), t, 0)
+            want = model(ids[:, t:t + 1], cache=reference)[:, -1]
+            assert (got - want).abs().max() <= 2**-6 * want.abs().max()
+    written = cache.k[:, 0, :, :14].float()
+    assert written.abs().amax(-1).min() > 0 and cache.k[:, 0, :, 14:].abs().max() == 0
+    assert (written == reference.k[:, 0, :, :14].float()).float().mean() > 0.99  # the same bf16 values, but a few
 
 
 @needs_compiler

@@ -46,18 +46,19 @@ class KVCache:
         self.length = span - 1  # what the model reads as "positions so far": the longest row's
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, KV, T, D) at the current position; return all keys and values so far (B, KV, S, D)."""
+        """Write k, v (B, KV, T, D) at the current position; return all keys and values so far (B, KV, S, D), in
+        k's dtype (a cache may be narrower than the activations: a quantized model's is bf16, models/decode.py)."""
         end = self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache of {self.max_len} positions is full")
         keys, values = self._layers[layer]
         if self.row_positions is not None:  # one new position per row, each at its own place
-            keys[self._row_index, :, self.row_positions] = k[:, :, 0]  # (B, KV, D) at (row, position)
-            values[self._row_index, :, self.row_positions] = v[:, :, 0]
+            keys[self._row_index, :, self.row_positions] = k[:, :, 0].to(keys.dtype)  # (B, KV, D) at (row, position)
+            values[self._row_index, :, self.row_positions] = v[:, :, 0].to(values.dtype)
         else:
             keys[:, :, self.length:end] = k
             values[:, :, self.length:end] = v
-        return keys[:, :, :end], values[:, :, :end]
+        return keys[:, :, :end].to(k.dtype), values[:, :, :end].to(v.dtype)
 
     def advance(self, n: int) -> None:
         """Called once per forward pass, after every layer has written its n new positions."""

@@ -21,8 +21,8 @@
    The weights are read where the model keeps them: the compact forms of layers/quantized.py as stored (Q8_0
    codes and scales, q8_0.c; Q4_0 / Q4_1 nibbles with scale and minimum, q4_1.c), or fp32 / bf16 matrices in
    our Linear's (in, out) layout (each thread sums its own block of output columns over the rows in order) or,
-   for a head tied to the embedding, the table's (vocab, dim). The embedding, norms and KV cache are fp32, or
-   all bf16; the cache is laid out as the model's KVCache (layer, row, kv head, position, D).
+   for a head tied to the embedding, the table's (vocab, dim). The embedding and norms are fp32, or both bf16; the
+   KV cache is either, laid out as the model's KVCache (layer, row, kv head, position, D).
    Activations stay fp32 throughout. The sums run in another order than torch's, so logits equal the model's
    forward pass to fp32 rounding, not bit for bit (in bf16 the forward pass also rounds every op's output,
    which this does not: tests/test_fused_step.py). Each output is summed by one thread in one order (a bf16
@@ -66,6 +66,7 @@ typedef struct {
     float *scratch;                   /* llama_step_scratch floats */
     int64_t max_len;
     int32_t max_rows;                 /* the most rows one call steps (the scratch's room) */
+    int32_t cache_bf16;               /* the KV cache is bf16 (a bf16 model's, or a quantized one's: fp32 else) */
 } LlamaStep;
 
 /* bf16 (in, out) products sum their rows in fixed chunks of ROW_CHUNK (rows_in_out_bf16) */
@@ -444,7 +445,7 @@ static inline void store(void *p, int64_t i, float v, int bf16) {
 int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64_t *positions, const int64_t *rows,
                const float *rope_table, int64_t rope_len, float *logits, int threads) {
     const int64_t dim = s->dim, H = s->n_heads, KV = s->n_kv_heads, D = s->head_dim, hidden = s->hidden;
-    const int bf16 = s->bf16, size = bf16 ? 2 : 4;
+    const int bf16 = s->bf16, cache_bf16 = s->cache_bf16, size = cache_bf16 ? 2 : 4;  /* size: a cache element's */
     if (D > 1024 || n < 1 || n > s->max_rows) return 1;
     for (int32_t i = 0; i < n; i++) {
         if (positions[i] < 0 || positions[i] >= s->max_len || positions[i] >= rope_len || rows[i] < 0
@@ -478,8 +479,8 @@ int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64
                 for (int64_t j = 0; j < H + KV; j++) rope(qkv + j * D, cos, ssin, D); /* query and key heads */
                 for (int64_t j = 0; j < KV; j++)
                     for (int64_t c = 0; c < D; c++) {
-                        store(kc, j * s->head_stride + positions[r] * D + c, qkv[(H + j) * D + c], bf16);
-                        store(vc, j * s->head_stride + positions[r] * D + c, qkv[(H + KV + j) * D + c], bf16);
+                        store(kc, j * s->head_stride + positions[r] * D + c, qkv[(H + j) * D + c], cache_bf16);
+                        store(vc, j * s->head_stride + positions[r] * D + c, qkv[(H + KV + j) * D + c], cache_bf16);
                     }
             }
 #pragma omp for schedule(static)
@@ -491,14 +492,14 @@ int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64
                 const int64_t kv = (i / group) * s->head_stride;
                 float *pr = p.scores + ri * s->max_len, *out = p.att + ri * D, top = -INFINITY, total = 0.0f;
                 for (int64_t t = 0; t < keys; t++) {
-                    pr[t] = dot(kc + (kv + t * D) * size, bf16, q, D) * scale;
+                    pr[t] = dot(kc + (kv + t * D) * size, cache_bf16, q, D) * scale;
                     top = pr[t] > top ? pr[t] : top;
                 }
                 for (int64_t t = 0; t < keys; t++) { pr[t] = expf(pr[t] - top); total += pr[t]; }
                 for (int64_t c = 0; c < D; c++) out[c] = 0.0f;
                 for (int64_t t = 0; t < keys; t++) {
                     const float w = pr[t] / total;
-                    if (bf16) {
+                    if (cache_bf16) {
                         const uint16_t *v = (const uint16_t *)vc + kv + t * D;
                         for (int64_t c = 0; c < D; c++) out[c] += w * bf16_to_float(v[c]);
                     } else {

@@ -47,7 +47,8 @@ class _LlamaStep(ctypes.Structure):
                 ("gate_up", ctypes.POINTER(_QWeight)), ("down", ctypes.POINTER(_QWeight)), ("head", ctypes.POINTER(_QWeight)),
                 ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
                 ("layer_stride", ctypes.c_int64), ("head_stride", ctypes.c_int64), ("row_stride", ctypes.c_int64),
-                ("scratch", ctypes.c_void_p), ("max_len", ctypes.c_int64), ("max_rows", ctypes.c_int32)]
+                ("scratch", ctypes.c_void_p), ("max_len", ctypes.c_int64), ("max_rows", ctypes.c_int32),
+                ("cache_bf16", ctypes.c_int32)]
 
 
 @lru_cache(maxsize=None)
@@ -160,8 +161,8 @@ class FusedStep:
                           for k in ("q_norm", "k_norm")})
         self._keep += [weights, head, norms, [_out_in_copy(m) for m in _projections(model)]]
         dtype = model.embed.weight.dtype
-        if cache.k.dtype != dtype or not cache.k.is_contiguous():
-            raise ValueError(f"the fused step needs a contiguous KV cache in the model's dtype ({dtype})")
+        if cache.k.dtype not in (dtype, torch.bfloat16) or not cache.k.is_contiguous():
+            raise ValueError(f"the fused step needs a contiguous KV cache in the model's dtype ({dtype}) or bf16")
         n_layers, batch, kv, max_len, d = cache.k.shape
         hidden = blocks[0].mlp.down.in_features
         size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len, batch)
@@ -177,7 +178,7 @@ class FusedStep:
             proj=weights["proj"], gate_up=weights["gate_up"], down=weights["down"], head=ctypes.pointer(head),
             k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
             head_stride=max_len * d, row_stride=kv * max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len,
-            max_rows=batch)
+            max_rows=batch, cache_bf16=int(cache.k.dtype == torch.bfloat16))
         self._watched = self._modules()
         self.signature = self._signature()
 

@@ -223,8 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route but /health "
                     "(default: $SCRATCHLLM_API_KEY; none when unset)")
     sv.add_argument("--name", default=None, help="the model's id in the API (default: --model as given)")
-    sv.add_argument("--max-batch", type=_count(1, 1025), default=8,
-                    help="requests generated together (default 8)")
+    sv.add_argument("--max-batch", type=_count(1, 1025), default=8, help="requests generated together (default 8)")
     sv.add_argument("--max-len", type=_count(1), default=2048,
                     help="positions of each row of the KV cache: prompt + reply (default 2048, or the model's context if shorter)")
     sv.add_argument("--queue", type=_count(1, 1 << 20), default=64, help="requests that may wait for a row; more get 503 (default 64)")

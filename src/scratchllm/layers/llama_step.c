@@ -95,7 +95,7 @@ typedef struct {
     int64_t sums_stride, partial_stride, xb_stride;
 } Scratch;
 
-/* the floats of a scratch for `rows` rows; with `base`, its parts into *p */
+/* the floats of a scratch for `rows` rows; its strides into *p, and with `base` its parts */
 static int64_t scratch_layout(int64_t dim, int64_t H, int64_t KV, int64_t D, int64_t hidden, int64_t max_len,
                               int64_t rows, float *base, Scratch *p) {
     const int64_t sums_stride = group_sums_floats(dim, hidden), partial_stride = partial_floats(dim, (H + 2 * KV) * D, H * D, hidden);
@@ -104,27 +104,24 @@ static int64_t scratch_layout(int64_t dim, int64_t H, int64_t KV, int64_t D, int
     const int64_t xb_floats = (widest + 1) / 2 + 16;
     const int64_t sizes[10] = {dim, dim, (H + 2 * KV) * D, H * D, H * max_len, 2 * hidden, hidden, sums_stride, partial_stride,
                                xb_floats};
-    float **parts[10] = {NULL};
     float *xb = NULL;
-    if (base != NULL) {
-        float **named[10] = {&p->x, &p->h, &p->qkv, &p->att, &p->scores, &p->gu, &p->act, &p->sums, &p->partial, &xb};
-        memcpy(parts, named, sizeof(parts));
-        p->sums_stride = sums_stride;
-        p->partial_stride = partial_stride;
-        p->xb_stride = 2 * xb_floats;
-    }
+    float **parts[10] = {&p->x, &p->h, &p->qkv, &p->att, &p->scores, &p->gu, &p->act, &p->sums, &p->partial, &xb};
     int64_t at = 0;
     for (int i = 0; i < 10; i++) {
         if (base != NULL) *parts[i] = base + at;
         at += rows * sizes[i];
     }
-    if (base != NULL) p->xb = (uint16_t *)xb;
+    p->xb = (uint16_t *)xb;
+    p->sums_stride = sums_stride;
+    p->partial_stride = partial_stride;
+    p->xb_stride = 2 * xb_floats;
     return at;
 }
 
 int64_t llama_step_scratch(int32_t dim, int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, int32_t hidden,
                            int64_t max_len, int32_t max_rows) {
-    return scratch_layout(dim, n_heads, n_kv_heads, head_dim, hidden, max_len, max_rows, NULL, NULL);
+    Scratch unused;
+    return scratch_layout(dim, n_heads, n_kv_heads, head_dim, hidden, max_len, max_rows, NULL, &unused);
 }
 
 static inline float bf16_to_float(uint16_t v) {
@@ -374,26 +371,13 @@ static void matvec(const QWeight *w, int64_t rows, const float *x, float *y, con
     }
     const int bf16 = w->kind == BF16_OUT_IN, size = bf16 ? 2 : 4;
 #if defined(__AVX512BF16__)
+    /* bf16 rows: x rounded to bf16 once (as torch's bf16 products and llama.cpp's round their inputs), then the
+       CPU's bf16 pair products, nothing converted per weight: SmolLM2's step, 2 threads, AMD EPYC, alternated,
+       against the fp32 x of dot_rows: 1 row 9.9 against 13.8 ms, 4 rows 15.9 / 23.1, 8 rows 26.4 / 39.7 */
     if (bf16) {
-        /* x rounded to bf16 once (as torch's bf16 products and llama.cpp's round their inputs), then the CPU's bf16
-           pair products, nothing converted per weight: SmolLM2's step, 2 threads, AMD EPYC, alternated, against the
-           fp32 x of dot_rows: 1 row 9.9 against 13.8 ms, 4 rows 15.9 / 23.1, 8 rows 26.4 / 39.7 */
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t k = 0; k < in; k++) p->xb[r * p->xb_stride + k] = float_to_bf16(x[r * in + k]);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < out; n++) {
-            float v[64];
-            for (int64_t r0 = 0; r0 < rows; r0 += 64) {
-                const int64_t m = rows - r0 < 64 ? rows - r0 : 64;
-                dot_rows_bf16((const uint16_t *)w->codes + n * in, p->xb + r0 * p->xb_stride, p->xb_stride, m, in, v);
-                for (int64_t r = 0; r < m; r++) {
-                    float *yr = y + (r0 + r) * out + n;
-                    *yr = accumulate ? *yr + v[r] : v[r];
-                }
-            }
-        }
-        return;
     }
 #endif
 #pragma omp for schedule(static)
@@ -404,9 +388,14 @@ static void matvec(const QWeight *w, int64_t rows, const float *x, float *y, con
             const float *xr = x + r0 * in;
             if (w->kind == Q4) {
                 q4_1_rows((const uint8_t *)w->codes + n * (in / 2), w->scale + n * groups, xr, in, m, groups, v);
-                for (int64_t r = 0; r < m; r++) v[r] += q4_min_term(w->min + n * groups, sums + (r0 + r) * sums_stride, groups);
+                for (int64_t r = 0; r < m; r++)
+                    v[r] += q4_min_term(w->min + n * groups, sums + (r0 + r) * sums_stride, groups);
             } else if (w->kind == Q8_0) {
                 q8_0_rows((const int8_t *)w->codes + n * in, w->scale + n * groups, xr, in, m, groups, v);
+#if defined(__AVX512BF16__)
+            } else if (bf16) {
+                dot_rows_bf16((const uint16_t *)w->codes + n * in, p->xb + r0 * p->xb_stride, p->xb_stride, m, in, v);
+#endif
             } else {
                 dot_rows((const char *)w->codes + n * in * size, bf16, xr, in, m, in, v);
             }
@@ -431,6 +420,11 @@ static void rope(float *x, const float *cos, const float *ssin, int64_t D) {
     const int64_t half = D / 2;
     for (int64_t i = 0; i < D; i++) tmp[i] = x[i] * cos[i] + x[(i + half) % D] * ssin[i];
     memcpy(x, tmp, sizeof(float) * D);
+}
+
+/* where layer `layer`'s block of cache row `row` starts (k_cache or v_cache); `size`: bytes an element */
+static inline char *cache_block(void *cache, const LlamaStep *s, int64_t row, int32_t layer, int size) {
+    return (char *)cache + (row * s->row_stride + layer * s->layer_stride) * size;
 }
 
 /* the cache's element i (of either dtype) */
@@ -463,7 +457,6 @@ int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64
 #pragma omp parallel num_threads(threads)
     {
         for (int32_t l = 0; l < s->n_layers; l++) {
-            const int64_t layer = l * s->layer_stride;
 #pragma omp for schedule(static)
             for (int32_t r = 0; r < n; r++) rmsnorm(p.x + r * dim, s->attn_norm[l], bf16, p.h + r * dim, dim, s->eps);
             matvec(&s->qkv[l], n, p.h, p.qkv, &p, 1, 0);
@@ -471,8 +464,8 @@ int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64
             for (int32_t r = 0; r < n; r++) {
                 float *qkv = p.qkv + r * qkv_width;
                 const float *cos = rope_table + positions[r] * 2 * D, *ssin = cos + D;
-                char *kc = (char *)s->k_cache + (rows[r] * s->row_stride + layer) * size;
-                char *vc = (char *)s->v_cache + (rows[r] * s->row_stride + layer) * size;
+                char *kc = cache_block(s->k_cache, s, rows[r], l, size);
+                char *vc = cache_block(s->v_cache, s, rows[r], l, size);
                 if (s->q_norm != NULL)  /* QK-norm: each query and key head RMS-normalised, before RoPE */
                     for (int64_t j = 0; j < H + KV; j++)
                         rmsnorm(qkv + j * D, j < H ? s->q_norm[l] : s->k_norm[l], bf16, qkv + j * D, D, s->eps);
@@ -486,8 +479,8 @@ int llama_step(const LlamaStep *s, int32_t n, const int64_t *tokens, const int64
 #pragma omp for schedule(static)
             for (int64_t ri = 0; ri < n * H; ri++) {  /* row r's query head i attends with kv head i / group */
                 const int64_t r = ri / H, i = ri % H, keys = positions[r] + 1;
-                const char *kc = (const char *)s->k_cache + (rows[r] * s->row_stride + layer) * size;
-                const char *vc = (const char *)s->v_cache + (rows[r] * s->row_stride + layer) * size;
+                const char *kc = cache_block(s->k_cache, s, rows[r], l, size);
+                const char *vc = cache_block(s->v_cache, s, rows[r], l, size);
                 const float *q = p.qkv + r * qkv_width + i * D;
                 const int64_t kv = (i / group) * s->head_stride;
                 float *pr = p.scores + ri * s->max_len, *out = p.att + ri * D, top = -INFINITY, total = 0.0f;

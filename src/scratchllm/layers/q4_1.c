@@ -68,23 +68,16 @@ static inline void q4_1_rows(const uint8_t *codes, const float *d, const float *
     int64_t r = 0;
 #if defined(__AVX512F__)
     const __m128i low4 = _mm_set1_epi8(0x0F);
-    for (; r + 1 < rows; r += 4) {  /* 2-4 rows a block; a lone last row: the one-row sums */
-        const int64_t m = rows - r < 4 ? rows - r : 4;
-        __m512 total[4];
+    for (; r + 1 < rows; r += BLOCK) {  /* 2-4 rows a block; a lone last row: the one-row sums */
+        const int64_t m = rows - r < BLOCK ? rows - r : BLOCK;
+        __m512 total[BLOCK];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) total[i] = _mm512_setzero_ps();
+        for (int i = 0; i < BLOCK; i++) total[i] = _mm512_setzero_ps();
         for (int64_t g = 0; g < groups; g++) {
             __m128i packed = _mm_loadu_si128((const __m128i *)(codes + g * 16));
             __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(packed, low4)));
             __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(packed, 4), low4)));
-            const __m512 dg = _mm512_set1_ps(d[g]);
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                if (i < m) {
-                    const float *xg = x + (r + i) * x_stride + g * Q4_GROUP;
-                    __m512 s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xg)));
-                    total[i] = _mm512_fmadd_ps(dg, s, total[i]);
-                }
+            group_rows(total, lo, hi, _mm512_set1_ps(d[g]), x + r * x_stride + g * Q4_GROUP, x_stride, m);
         }
         for (int64_t i = 0; i < m; i++) out[r + i] = _mm512_reduce_add_ps(total[i]);
     }

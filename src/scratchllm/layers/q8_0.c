@@ -62,23 +62,16 @@ static inline void q8_0_rows(const int8_t *qn, const float *sn, const float *x, 
                              int64_t groups, float *out) {
     int64_t r = 0;
 #if defined(__AVX512F__)
-    for (; r + 1 < rows; r += 4) {  /* 2-4 rows a block; a lone last row: the one-row sums */
-        const int64_t m = rows - r < 4 ? rows - r : 4;
-        __m512 total[4];
+    for (; r + 1 < rows; r += BLOCK) {  /* 2-4 rows a block; a lone last row: the one-row sums */
+        const int64_t m = rows - r < BLOCK ? rows - r : BLOCK;
+        __m512 total[BLOCK];
 #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) total[i] = _mm512_setzero_ps();
+        for (int i = 0; i < BLOCK; i++) total[i] = _mm512_setzero_ps();
         for (int64_t g = 0; g < groups; g++) {
             __m256i codes = _mm256_loadu_si256((const __m256i *)(qn + g * GROUP));
             __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)));
             __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(codes, 1)));
-            const __m512 d = _mm512_set1_ps(sn[g]);
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-                if (i < m) {
-                    const float *xg = x + (r + i) * x_stride + g * GROUP;
-                    __m512 s = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xg + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xg)));
-                    total[i] = _mm512_fmadd_ps(d, s, total[i]);
-                }
+            group_rows(total, w0, w1, _mm512_set1_ps(sn[g]), x + r * x_stride + g * GROUP, x_stride, m);
         }
         for (int64_t i = 0; i < m; i++) out[r + i] = _mm512_reduce_add_ps(total[i]);
     }

@@ -38,6 +38,20 @@ static inline void block_group(__m512 acc[BLOCK][BLOCK], const __m512 lo[BLOCK],
     }
 }
 
+/* total[i] += d * (lo . x_i[0:16] + hi . x_i[16:32]) for the first m of 4 x rows (x_i at x + i * x_stride): one group
+   of 32 weights, unpacked once, against several rows in the one-row kernels' order of sums (q8_0_row, q4_1_row), so
+   that q8_0_rows and q4_1_rows give each row what it gets alone */
+static inline void group_rows(__m512 total[BLOCK], __m512 lo, __m512 hi, __m512 d, const float *x, int64_t x_stride,
+                              int64_t m) {
+#pragma GCC unroll 4
+    for (int i = 0; i < BLOCK; i++)
+        if (i < m) {
+            const float *xi = x + i * x_stride;
+            __m512 s = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xi + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xi)));
+            total[i] = _mm512_fmadd_ps(d, s, total[i]);
+        }
+}
+
 /* y[i * N + j] = the sum of acc[i][j]'s lanes, for i < rows, j < cols */
 static inline void block_store(__m512 acc[BLOCK][BLOCK], float *y, int64_t N, int64_t rows, int64_t cols) {
     for (int i = 0; i < rows; i++)

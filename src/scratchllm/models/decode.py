@@ -259,8 +259,7 @@ class Engine:
             raise ScratchLLMError(f"max_batch must be at least 1, got {max_batch}")
         if on_full not in ON_FULL:
             raise ScratchLLMError(f"on_full must be one of {', '.join(ON_FULL)}, got {on_full!r}")
-        weights = next(model.parameters())
-        self.model, self.device, self.dtype = model, weights.device, weights.dtype
+        self.model, self.device = model, next(model.parameters()).device
         # CPU: a copy of the weights in the layout decoding reads fastest, for the engine's life (layers/linear.py)
         pack_for_inference(model, decoding_bf16_layout(model, fused and use_cache))
         context = model.config.block_size

@@ -167,8 +167,7 @@ class FusedStep:
         hidden = blocks[0].mlp.down.in_features
         size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len, batch)
         self.scratch = torch.empty(size)
-        # (N, 2, head_dim): each position's cos and signed sin
-        self.rope = model._rope_tables(max_len + 1, torch.device("cpu")).float().contiguous()
+        self.rope = model._rope_tables(max_len + 1, torch.device("cpu")).contiguous()  # (N, 2, head_dim): cos, signed sin
         self.logits = torch.empty(batch, head.out)
         self.args = _LlamaStep(
             n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,

@@ -19,6 +19,7 @@ pass rounds each op's output to bf16), which is nearer the exact result (tests/t
 from __future__ import annotations
 
 import ctypes
+import operator
 from functools import lru_cache
 
 import torch
@@ -168,7 +169,7 @@ class FusedStep:
         size = self.lib.llama_step_scratch(c.n_embd, c.n_head, c.n_kv_head, c.head_size, hidden, max_len, batch)
         self.scratch = torch.empty(size)
         self.rope = model._rope_tables(max_len + 1, torch.device("cpu")).contiguous()  # (N, 2, head_dim): cos, signed sin
-        self.logits = torch.empty(batch, head.out)
+        self.batch, self.vocab = batch, head.out
         self.args = _LlamaStep(
             n_layers=c.n_layer, dim=c.n_embd, n_heads=c.n_head, n_kv_heads=c.n_kv_head, head_dim=c.head_size,
             hidden=hidden, bf16=int(dtype == torch.bfloat16), eps=c.norm_eps, embed=model.embed.weight.data_ptr(),
@@ -178,37 +179,39 @@ class FusedStep:
             k_cache=cache.k.data_ptr(), v_cache=cache.v.data_ptr(), layer_stride=batch * kv * max_len * d,
             head_stride=max_len * d, row_stride=kv * max_len * d, scratch=self.scratch.data_ptr(), max_len=max_len,
             max_rows=batch, cache_bf16=int(cache.k.dtype == torch.bfloat16))
-        self._watched = self._modules()
+        self._watch()
         self.signature = self._signature()
 
-    def _modules(self) -> list:
+    def _watch(self) -> None:
+        """The modules the step was built from, gathered once: `_signature` reads what they hold at every step."""
         m = self.model
         qk = [n for b in m.blocks for n in (b.attn.q_norm, b.attn.k_norm) if n is not None]
-        return [m.embed, m.norm, *(b.attn_norm for b in m.blocks), *(b.mlp_norm for b in m.blocks), *qk, *_projections(m)]
+        plain = [m.embed, m.norm, *(b.attn_norm for b in m.blocks), *(b.mlp_norm for b in m.blocks), *qk]
+        projections = _projections(m)
+        self._linears = [p for p in projections if isinstance(p, Linear)]
+        self._heads = [p for p in projections if isinstance(p, TiedHead)]
+        # where each module's weight is registered (a tied head's: its embedding's); None for a quantized Linear's
+        self._weight_slots = [(p.embedding if isinstance(p, TiedHead) else p)._parameters for p in plain + projections]
 
-    def _signature(self) -> list:
-        # what each module holds (its quantized form, a float weight and where that weight's memory is): a `.to()`,
-        # loaded weights or a new quantization show here, and the step is built again rather than read freed or
-        # stale memory (in-place changes need nothing: the step reads the tensors' memory at each call; a
-        # quantized form is never changed, only replaced; an (out, in) copy, below). ~100 us a step for SmolLM2
-        # (80 without the copies' two reads), 1-1.5% of a step.
-        out = []
-        for module in self._watched:
-            q = module.__dict__.get("quantized")
-            if q is not None:
-                out.append(q)
-            else:
-                weight = module.embedding.weight if isinstance(module, TiedHead) else module._parameters["weight"]
-                out += [weight, weight.data_ptr()]
-            if isinstance(module, Linear):  # LoRA updates added since, or unmerged: the step cannot run them
-                lora = module.lora
-                out += [lora, int(lora.merged) if lora is not None else 0]
-                # the (out, in) copy the step may read in place of the weight: made, dropped or replaced, or stale
-                # (the weight changed in place: its version moved). Not `_out_in_copy` here: its check cost 120 us a
-                # step (SmolLM2, bf16), these two reads about 20.
-                packed = module.packed
-                out += [packed, module._parameters["weight"]._version if isinstance(packed, OutInWeight) else 0]
-        return out
+    def _signature(self) -> tuple[list, list]:
+        # (objects, numbers): each weight (its Parameter, and where its memory is), each projection's quantized form
+        # and packed copy, each Linear's LoRA updates (added since, or unmerged: the step cannot run them) and the
+        # version of a weight with an (out, in) copy the step may read in its place (changed in place, the copy is
+        # stale). A `.to()`, loaded weights, a new quantization, packing or LoRA show here, and the step is built again
+        # rather than read freed or stale memory (other in-place changes need nothing: the step reads the tensors'
+        # memory at each call; a quantized form is never changed, only replaced). Gathered by list comprehensions
+        # and compared by identity and value in C (`_same`), for SmolLM2: 40 us alone where one loop over the
+        # modules building one mixed list and comparing it item by item took 117; in the decoding loop, where the
+        # step has just pushed all these objects out of the caches, 0.16-0.21 ms of an int8 token against 0.27-0.32.
+        weights = [slot["weight"] for slot in self._weight_slots]
+        linears, heads = self._linears, self._heads
+        loras, packed = [x.lora for x in linears], [x.packed for x in linears]
+        objects = [*weights, *loras, *packed, *[x.quantized for x in linears], *[h.quantized for h in heads],
+                   *[h.packed for h in heads]]
+        numbers = [*[w.data_ptr() for w in weights if w is not None],
+                   *[x._parameters["weight"]._version for x, c in zip(linears, packed) if isinstance(c, OutInWeight)],
+                   *[lora.merged for lora in loras if lora is not None]]
+        return objects, numbers
 
     def step(self, token: int, position: int, row: int) -> torch.Tensor:
         """Logits (1, vocab) of `token` at `position` of cache row `row`."""
@@ -223,22 +226,25 @@ class FusedStep:
                 raise ScratchLLMError(f"the model changed since its engine was made and has no fused step now ({reason}); "
                                       "make a new Engine")
             self.__init__(self.model, self.cache)
-        n, batch = len(tokens), self.logits.size(0)
+        n, batch = len(tokens), self.batch
         if not 0 < n == len(positions) == len(rows) or len(set(rows)) != n or not all(0 <= r < batch for r in rows):
             raise ValueError(f"one token and position for each of 1 to {batch} different rows of the cache")
         if not all(0 <= p < self.cache.max_len for p in positions):
             raise ValueError(f"a position {positions} is outside the cache's {self.cache.max_len}")
-        ints = torch.tensor([tokens, positions, rows], dtype=torch.int64)
-        done = self.lib.llama_step(ctypes.byref(self.args), n, ints[0].data_ptr(), ints[1].data_ptr(), ints[2].data_ptr(),
-                                   self.rope.data_ptr(), self.rope.size(0), self.logits.data_ptr(), torch.get_num_threads())
+        ints = torch.tensor([*tokens, *positions, *rows], dtype=torch.int64)  # (3 n,): tokens, positions, rows
+        logits = torch.empty(n, self.vocab)  # written by the step itself: no copy out of a buffer of its own
+        at, size = ints.data_ptr(), ints.element_size() * n
+        done = self.lib.llama_step(ctypes.byref(self.args), n, at, at + size, at + 2 * size, self.rope.data_ptr(),
+                                   self.rope.size(0), logits.data_ptr(), torch.get_num_threads())
         if done != 0:
             raise RuntimeError(f"llama_step failed ({done}): a token outside the vocabulary?")
-        return self.logits[:n].clone()  # (n, vocab) fp32 (a bf16 model's forward pass rounds them to bf16)
+        return logits  # (n, vocab) fp32 (a bf16 model's forward pass rounds them to bf16)
 
 
-def _same(a: list, b: list) -> bool:
-    # objects by identity (never ==: a tensor's is elementwise), memory addresses by value
-    return len(a) == len(b) and all(x == y if isinstance(x, int) else x is y for x, y in zip(a, b))
+def _same(a: tuple[list, list], b: tuple[list, list]) -> bool:
+    # objects by identity (never ==: a tensor's is elementwise), addresses, versions and flags by value
+    (objects_a, numbers_a), (objects_b, numbers_b) = a, b
+    return len(objects_a) == len(objects_b) and all(map(operator.is_, objects_a, objects_b)) and numbers_a == numbers_b
 
 
 def fused_step(model, cache: KVCache) -> FusedStep | None:

@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds of one-at-a-time and concurrent")
     ap.add_argument("--memory-requests", type=int, default=200)
     ap.add_argument("--precision", default="auto", help="what `scratchllm serve --precision` takes: auto, fp32, bf16, int8, int4")
+    ap.add_argument("--threads", type=int, default=None, help="`scratchllm serve --threads` (default: the server's own)")
     args = ap.parse_args()
 
     import httpx
@@ -130,7 +131,7 @@ def main():
             random_baby_llama(Path(model))
         command = [sys.executable, "-m", "scratchllm", "serve", "--model", model, "--name", "bench", "--port", "0",
                    "--max-batch", str(args.clients), "--max-len", "512", "--queue", str(4 * args.clients),
-                   "--precision", args.precision]
+                   "--precision", args.precision] + (["--threads", str(args.threads)] if args.threads else [])
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             line = server.stdout.readline()

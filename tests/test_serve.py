@@ -483,3 +483,52 @@ def test_the_playground_streams_a_reply_and_stops_it_in_a_browser(chromium, llam
             assert page.locator(".msg.user").count() == 2 and page.locator(".msg.error").count() == 0
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp's thread pools (Linux)")
+def test_released_openmp_workers_end_and_new_work_makes_new_ones():
+    """device.release_openmp_threads ends the OpenMP workers that this thread's parallel work started (libgomp
+    keeps them, and past one thread a core it sleeps at every barrier instead of spinning: the server's engine
+    stepped 2x slower beside the idle workers of the thread that loaded the model); parallel work makes them again."""
+    from scratchllm.device import release_openmp_threads
+
+    def tasks() -> set[str]:
+        return set(os.listdir("/proc/self/task"))
+
+    def parallel_work():
+        torch.ones(1 << 20).exp_()  # past torch's grain size: split over the threads
+
+    result = {}
+
+    def on_a_thread():  # a thread of its own: no pool yet, whatever ran on the test's thread before
+        result["threads"] = torch.get_num_threads()  # this thread's own count (OpenMP's is per thread)
+        before = tasks()
+        parallel_work()
+        workers = tasks() - before
+        released = release_openmp_threads()
+        after = tasks()
+        parallel_work()
+        result.update(workers=workers, released=released, after=after, again=tasks() - after)
+
+    thread = threading.Thread(target=on_a_thread)
+    thread.start()
+    thread.join()
+    if result["threads"] < 2:
+        pytest.skip("one OpenMP thread: no workers to release")
+    assert len(result["workers"]) == result["threads"] - 1  # the pool: the thread itself and its workers
+    assert result["released"] and not result["workers"] & result["after"]
+    assert len(result["again"]) == result["threads"] - 1
+
+
+def test_serve_releases_the_loading_threads_openmp_workers_before_the_engine_steps(llama_run, monkeypatch):
+    """`scratchllm serve` loads the model on its main thread and steps it on the engine's: the main thread's OpenMP
+    workers are released before the server starts (the effect is measured in serve.run's docstring)."""
+    import uvicorn
+
+    import scratchllm.serve as serve
+
+    events = []
+    monkeypatch.setattr(serve, "release_openmp_threads", lambda: events.append("released") or True)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: events.append("serving"))
+    serve.run(load_llama(llama_run), NAME, port=0)
+    assert events == ["released", "serving"]

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="positions of each row of the KV cache: prompt + reply (default 2048, or the model's context if shorter)")
     sv.add_argument("--queue", type=_count(1, 1 << 20), default=64, help="requests that may wait for a row; more get 503 (default 64)")
     sv.add_argument("--threads", type=_count(1, 1025), default=None,
-                    help="torch threads for a model on the CPU (default: all cores but one, left for HTTP)")
+                    help="torch threads for a model on the CPU (default: torch's, all cores)")
     _on_full_option(sv, "stop")
     _device_options(sv)
 

@@ -160,3 +160,30 @@ def return_freed_memory() -> None:
         _libc().malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator returns memory its own way
         pass
+
+
+def release_openmp_threads() -> bool:
+    """Stop the OpenMP worker threads this thread's parallel work started (libgomp's omp_pause_resource_all, soft);
+    True if torch's libgomp was found and did so. Call it on a thread that hands the model to another one.
+
+    torch's CPU kernels and our C step run on libgomp, which keeps a pool of worker threads for each thread that
+    starts parallel work, and, once it manages more threads than there are cores, stops spinning at its barriers
+    and sleeps in the kernel at each one instead (its "throttled" wait). The server loads the model on the main
+    thread (a pool of cores - 1 workers, idle from then on) and steps it on the engine's own (a second pool): on 2
+    cores that made every barrier of the C step a sleep and a wake-up, and SmolLM2's bf16 step took 18-22 ms on
+    the engine's thread where it takes 9-11 on the main one; with the main thread's pool released, 13.3 against
+    11.3 (AMD EPYC, 2 threads, 2026-12-03). Work started again on this thread makes a new pool (speed, not
+    correctness, is what that costs)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:  # the libgomp torch loaded, whatever its file is named
+            path = next((line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]), None)
+    except OSError:  # not Linux: no libgomp (macOS's torch runs LLVM's OpenMP, which does not throttle so)
+        return False
+    if path is None:
+        return False
+    try:
+        return ctypes.CDLL(path).omp_pause_resource_all(1) == 0  # 1: omp_pause_soft (the pool, not the library)
+    except (OSError, AttributeError):  # a libgomp older than OpenMP 5.0's pause
+        return False

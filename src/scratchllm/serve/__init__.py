@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from scratchllm.device import release_openmp_threads
 from scratchllm.pretrained import Pretrained
 from scratchllm.errors import ScratchLLMError
 from scratchllm.serve.app import create_app
@@ -42,14 +43,17 @@ def run(lm: Pretrained, name: str, host: str = "127.0.0.1", port: int = 8000, ap
         on_ready: Callable[[str], None] | None = None, on_full: str = "stop") -> None:
     """Serve `lm` as `name` until interrupted; `on_ready(url)` is called once the socket listens.
 
-    A model on the CPU computes with `threads` torch threads, by default all cores but one: the event
-    loop that parses requests and streams tokens needs a core too, and torch's threads spinning on it
-    slow both sides (benchmarks/serve.py: on 2 cores, 1 thread serves more tokens/s than 2)."""
+    A model on the CPU computes with `threads` torch threads, by default torch's (all cores). The engine steps
+    on its own thread, and the OpenMP workers this thread used to load the model are released first
+    (`release_openmp_threads`: with them idle beside the engine's, libgomp slept at every barrier of the step).
+    `benchmarks/serve.py --model smollm2-135m-instruct --clients 8 --requests 2 --new-tokens 32`, bf16, 2 cores
+    (AMD EPYC, 2026-12-03), tokens/s one request at a time / 8 clients at once: 2 threads 75-83 / 165-201 with
+    the workers released, 42-45 / 130-160 without; 1 thread (the default then, all cores but one) 46-62 / 119-128."""
     import torch
     import uvicorn
 
-    if lm.device.type == "cpu":
-        torch.set_num_threads(threads or max(1, torch.get_num_threads() - 1))
+    if lm.device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
 
     app = create_app(lm, name, max_batch, max_len, queue_size, api_key, on_full)
     sock = listen(host, port)
@@ -57,6 +61,8 @@ def run(lm: Pretrained, name: str, host: str = "127.0.0.1", port: int = 8000, ap
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     if on_ready is not None:
         on_ready(f"http://{shown}:{bound[1]}")
+    if lm.device.type == "cpu":  # this thread loaded the model; the engine's own steps it from here
+        release_openmp_threads()
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
     uvicorn.Server(config).run(sockets=[sock])
 

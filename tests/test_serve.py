@@ -501,7 +501,8 @@ def test_released_openmp_workers_end_and_new_work_makes_new_ones():
     result = {}
 
     def on_a_thread():  # a thread of its own: no pool yet, whatever ran on the test's thread before
-        result["threads"] = torch.get_num_threads()  # this thread's own count (OpenMP's is per thread)
+        torch.set_num_threads(2)  # this thread's own count (OpenMP's is per thread; the test workers' is 1)
+        result["threads"] = torch.get_num_threads()
         before = tasks()
         parallel_work()
         workers = tasks() - before
@@ -510,9 +511,13 @@ def test_released_openmp_workers_end_and_new_work_makes_new_ones():
         parallel_work()
         result.update(workers=workers, released=released, after=after, again=tasks() - after)
 
+    threads = torch.get_num_threads()
     thread = threading.Thread(target=on_a_thread)
-    thread.start()
-    thread.join()
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(threads)  # torch keeps a count of its own for every thread: the test's as it was
     if result["threads"] < 2:
         pytest.skip("one OpenMP thread: no workers to release")
     assert len(result["workers"]) == result["threads"] - 1  # the pool: the thread itself and its workers

@@ -220,6 +220,31 @@ def test_the_engine_decodes_with_it_and_says_the_same_tokens(kind):
     assert len(fused.replies[0]) == 40  # past the 24-position rows: slid and prefilled again
 
 
+@needs_compiler
+def test_a_row_that_slides_while_another_steps_gets_the_forward_passes_tokens():
+    """Two requests out of step: when one passes its context and is prefilled again, the other still takes the
+    fused step in that same engine step (each row's logits taken from the call's output by its place)."""
+    model = _model("int8")
+    replies = []
+    for engine in (Engine(model, 2, 24), Engine(model, 2, 24, fused=False)):
+        tokens = {0: [], 1: []}
+        for t in engine.add(Request([1, 5, 9, 33], GREEDY.replace(max_tokens=40))):
+            tokens[0].append(t.token)
+        for _ in range(9):  # the first request runs ahead, so the two reach the end of the rows at different steps
+            tokens[0] += [t.token for t in engine.step()]
+        for t in engine.add(Request([7, 7, 2], GREEDY.replace(max_tokens=40))):
+            tokens[1].append(t.token)
+        steps_with_both = 0
+        while engine.running:
+            step = engine.step()
+            steps_with_both += len(step) == 2
+            for t in step:
+                tokens[0 if t.request.prompt[0] == 1 else 1].append(t.token)
+        replies.append(tokens)
+        assert steps_with_both >= 20 and len(tokens[0]) == len(tokens[1]) == 40
+    assert replies[0] == replies[1]
+
+
 def test_only_a_llama_block_has_one():
     assert "Llama's own block" in why_not_fused(_model(None, norm_offset=1.0))
     half = _model(None).to(torch.float16)

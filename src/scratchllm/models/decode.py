@@ -422,9 +422,10 @@ class Engine:
             out = self.fused.step_rows([r.last for r in stepping],
                                        [len(self.kept[r.index]) + self.first_position for r in stepping],
                                        [r.index for r in stepping])
-            if len(stepping) == len(busy):
+            if len(stepping) == len(busy):  # the common case: out is already every row's, in busy's order
                 together = out
-            logits.update({r.index: out[i:i + 1] for i, r in enumerate(stepping)})
+            else:
+                logits.update({r.index: out[i:i + 1] for i, r in enumerate(stepping)})
         elif len(stepping) == 1:  # alone: its own row of the cache, no mask
             r = stepping[0]
             length = len(self.kept[r.index])

@@ -532,8 +532,32 @@ def test_serve_releases_the_loading_threads_openmp_workers_before_the_engine_ste
 
     import scratchllm.serve as serve
 
-    events = []
+    events, made = [], {}
+    create_app = serve.create_app
+    monkeypatch.setattr(serve, "create_app", lambda *a, **kw: made.update(kw) or create_app(*a, **kw))
     monkeypatch.setattr(serve, "release_openmp_threads", lambda: events.append("released") or True)
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: events.append("serving"))
-    serve.run(load_llama(llama_run), NAME, port=0)
-    assert events == ["released", "serving"]
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: events.append(("serving", torch.get_num_threads())))
+    threads = torch.get_num_threads()
+    try:
+        serve.run(load_llama(llama_run), NAME, port=0, threads=2)
+        assert events == ["released", ("serving", 1)]  # the HTTP loop's thread computes alone
+        assert made["threads"] == 2 and torch.get_num_threads() == 2  # the engine's count; this thread's again after
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_engine_thread_computes_with_the_servers_thread_count(llama_run):
+    """The engine's thread sets its own torch thread count (OpenMP's and MKL's are per thread): the HTTP loop's
+    thread runs on one, and a new thread would otherwise take that."""
+    threads = torch.get_num_threads()
+    seen = []
+    try:
+        torch.set_num_threads(1)  # as serve.run leaves the HTTP loop's thread; new threads start from it too
+        with live(llama_run, threads=2) as (url, server):
+            step = server.engine.step
+            server.engine.step = lambda: seen.append(torch.get_num_threads()) or step()
+            r = httpx.post(url + "/v1/completions", timeout=10, json={"model": NAME, "prompt": "hi", "max_tokens": 3})
+            assert r.status_code == 200
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {2}

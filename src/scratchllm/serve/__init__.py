@@ -45,26 +45,36 @@ def run(lm: Pretrained, name: str, host: str = "127.0.0.1", port: int = 8000, ap
 
     A model on the CPU computes with `threads` torch threads, by default torch's (all cores). The engine steps
     on its own thread, and the OpenMP workers this thread used to load the model are released first
-    (`release_openmp_threads`: with them idle beside the engine's, libgomp slept at every barrier of the step).
+    (`release_openmp_threads`: with them idle beside the engine's, libgomp slept at every barrier of the step),
+    and this thread, which then runs the HTTP loop, computes on one thread (a pool of its own never comes back).
     `benchmarks/serve.py --model smollm2-135m-instruct --clients 8 --requests 2 --new-tokens 32`, bf16, 2 cores
     (AMD EPYC, 2026-12-03), tokens/s one request at a time / 8 clients at once: 2 threads 75-83 / 165-201 with
     the workers released, 42-45 / 130-160 without; 1 thread (the default then, all cores but one) 46-62 / 119-128."""
     import torch
     import uvicorn
 
-    if lm.device.type == "cpu" and threads:
+    cpu = lm.device.type == "cpu"
+    if cpu:
+        threads = threads or torch.get_num_threads()
         torch.set_num_threads(threads)
 
-    app = create_app(lm, name, max_batch, max_len, queue_size, api_key, on_full)
+    app = create_app(lm, name, max_batch, max_len, queue_size, api_key, on_full, threads=threads if cpu else None)
     sock = listen(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     if on_ready is not None:
         on_ready(f"http://{shown}:{bound[1]}")
-    if lm.device.type == "cpu":  # this thread loaded the model; the engine's own steps it from here
+    if cpu:  # this thread loaded the model; the engine's own steps it from here, with its own count of threads
         release_openmp_threads()
+        # and this one runs the HTTP loop: what it computes runs on it alone (OpenMP's and MKL's counts), so that
+        # no pool of its own comes back beside the engine's (MKL's exp, for one, starts its own team)
+        torch.set_num_threads(1)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if cpu:
+            torch.set_num_threads(threads)  # this thread's count as it was, for a caller that goes on
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ class Server:
 # -- the app ----------------------------------------------------------------------------------------
 
 def create_app(lm: Pretrained, name: str, max_batch: int = 8, max_len: int | None = None, queue_size: int = 64,
-               api_key: str | None = None, on_full: str = "stop") -> FastAPI:
+               api_key: str | None = None, on_full: str = "stop", threads: int | None = None) -> FastAPI:
     """The server for one model: FastAPI routes around an Engine of `max_batch` rows of `max_len` positions
     (default: the model's context) on its own thread, with at most `queue_size` requests waiting.
     on_full="stop" refuses a prompt and max_tokens that do not fit a row (OpenAI's way); "slide" lets a
@@ -118,7 +118,7 @@ def create_app(lm: Pretrained, name: str, max_batch: int = 8, max_len: int | Non
     lm.spec.require("serve", lm.source)
     if lm.tokenizer is None:
         raise ScratchLLMError(f"{lm.source} has no tokenizer; a server needs one to read and write text")
-    server = Server(lm, name, Worker(lm.new_engine(max_batch, max_len, on_full=on_full), queue_size), api_key or None)
+    server = Server(lm, name, Worker(lm.new_engine(max_batch, max_len, on_full=on_full), queue_size, threads), api_key or None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -31,8 +31,11 @@ class Counters:
 
 
 class Worker:
-    def __init__(self, engine: Engine, queue_size: int = 64):
+    def __init__(self, engine: Engine, queue_size: int = 64, threads: int | None = None):
         self.engine = engine
+        # torch threads the engine's thread computes with, set on that thread (OpenMP's and MKL's counts are a
+        # thread's own: the HTTP loop's thread may run on one); None: what torch gives a new thread
+        self.threads = threads
         self.waiting: queue.Queue[Request] = queue.Queue(maxsize=queue_size)
         self.counters = Counters()
         self._replies: dict[Request, asyncio.Queue] = {}  # touched on the event loop's thread only
@@ -74,6 +77,10 @@ class Worker:
     # -- the engine's thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         while not self._stopping.is_set():
             try:
                 if not self.engine.running:  # idle: sleep until a request comes

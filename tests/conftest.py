@@ -21,7 +21,8 @@ if _WORKERS > 1:
 # The tests that take a minute or more (the course's lessons, then the multi-process runs) go first: with
 # two workers taking one test at a time they start at once and the short tests fill in around them, instead
 # of leaving one worker running a lesson alone at the end.
-LONG_FIRST = ("tests/test_lessons.py::test_lesson_runs", "tests/test_distributed.py", "tests/test_trainer.py::test_compiled")
+LONG_FIRST = ("tests/test_lessons.py::test_lesson_runs", "tests/test_distributed.py", "tests/test_trainer.py::test_compiled",
+              "tests/test_models.py::test_a_compiled")
 
 
 def pytest_collection_modifyitems(config, items):

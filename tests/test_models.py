@@ -1,10 +1,12 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from scratchllm.errors import ScratchLLMError
-from scratchllm.models import GPT, Bigram, BigramConfig, GPTConfig
+from scratchllm.models import GPT, Bigram, BigramConfig, GPTConfig, build_model
+from scratchllm.train.presets import get_preset
 
 
 def test_gpt_shapes_and_tied_embeddings():
@@ -54,3 +56,27 @@ def test_bigram_starts_uniform_and_looks_back_one_token():
     with torch.no_grad():
         model.table.weight[2, 5] = 10.0
     assert model(torch.tensor([[4, 2]]))[0, 1].argmax() == 5
+
+
+@pytest.mark.parametrize("preset", ["gpt-char-baby", "llama-bpe-baby", "gemma-bpe-baby"])
+def test_a_compiled_model_compiles_once_and_trains_as_eager(preset):
+    """What a model caches on first use (the bf16 causal bias, RoPE's tables) must not be read inside a
+    compiled graph: the read is guarded, and the first call's miss recompiled the whole model at the
+    second (twice the compile time of every compiled run). Any recompile fails here."""
+    import torch._dynamo
+
+    p = get_preset(preset)
+    cfg = dataclasses.replace(p.model, vocab_size=96, n_layer=1, block_size=16)
+    torch.manual_seed(0)
+    model = build_model(p.model_type, cfg)
+    torch._dynamo.reset()  # another test's compiled model must not count here
+    compiled = torch.compile(model)
+    for _ in range(3):
+        idx, targets = torch.randint(96, (4, 16)), torch.randint(96, (4, 16))
+        # bf16: the plain attention path, with its causal bias; the compiled call first, before eager fills any cache
+        with torch._dynamo.config.patch(error_on_recompile=True), torch.autocast("cpu", dtype=torch.bfloat16):
+            _, compiled_loss = compiled(idx, targets)
+            _, loss = model(idx, targets)
+        compiled_loss.backward()
+        # the compiled graph rounds its fused intermediates to bf16 once where eager rounds each operation
+        assert compiled_loss.item() == pytest.approx(loss.item(), rel=1e-2)

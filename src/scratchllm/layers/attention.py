@@ -113,20 +113,35 @@ _BIASES: dict[tuple[int, int, int, torch.dtype, str], torch.Tensor] = {}
 def causal_bias(T: int, S: int, n_rep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n_rep * T, S): 0 where the causal mask lets query t see key s, -inf elsewhere; the (T, S) block
     repeated for n_rep query heads stacked on one kv head (grouped-query attention). Cached per shape."""
+    if torch.compiler.is_compiling():
+        # built in the graph (where it folds to a constant): a lookup in the module's dict is guarded, and
+        # the first call's miss made the second call compile the whole model again (twice the compile time)
+        return _causal_bias(T, S, n_rep, dtype, device)
     key = (T, S, n_rep, dtype, str(device))
     if key not in _BIASES:
         with torch.inference_mode(False):  # one made while generating must serve training too
-            allowed = causal_mask(T, S, device).repeat(n_rep, 1)
-            _BIASES[key] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+            _BIASES[key] = _causal_bias(T, S, n_rep, dtype, device)
     return _BIASES[key]
 
 
+def _causal_bias(T: int, S: int, n_rep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    allowed = causal_mask(T, S, device).repeat(n_rep, 1)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+
+
 def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
-    """(T, S) boolean, True where query t may attend key s: s <= t + (S - T). Cached per shape."""
+    """(T, S) boolean, True where query t may attend key s: s <= t + (S - T). Cached per shape
+    (outside a compiled graph: see causal_bias)."""
+    if torch.compiler.is_compiling():
+        return _causal_mask(T, S, device)
     key = (T, S, str(device))
     if key not in _MASKS:
-        _MASKS[key] = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+        _MASKS[key] = _causal_mask(T, S, device)
     return _MASKS[key]
+
+
+def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 def padded_causal_mask(valid: torch.Tensor, T: int, prefix: torch.Tensor | None = None) -> torch.Tensor:

@@ -125,14 +125,21 @@ class Llama(nn.Module):
         fetches both. Computed once and grown on demand, in fp32 even when the weights are bf16
         (bf16 angles would be off by whole radians at long positions); not a buffer, so that
         `model.to(dtype)` leaves them alone."""
+        size = max(n, min(self.config.block_size, 4096))
+        if torch.compiler.is_compiling():
+            # made in the graph: a read of the cached table is guarded, and the first call's miss (None)
+            # made the second call compile the whole model again (twice the compile time)
+            return self._make_rope_tables(size, device)
         if self._rope is None or self._rope.size(0) < n or self._rope.device != device:
-            c = self.config
-            size = max(n, min(c.block_size, 4096))
             with torch.inference_mode(False):  # a table made while generating must serve training too
-                inv_freq = inverse_frequencies(c.head_size, c.rope_theta, c.rope_scaling).to(device)
-                cos, sin = rope_cos_sin(torch.arange(size, device=device)[None], inv_freq)
-                self._rope = torch.stack([cos[0, 0], sin[0, 0]], dim=1)
+                self._rope = self._make_rope_tables(size, device)
         return self._rope
+
+    def _make_rope_tables(self, size: int, device: torch.device) -> torch.Tensor:
+        c = self.config
+        inv_freq = inverse_frequencies(c.head_size, c.rope_theta, c.rope_scaling).to(device)
+        cos, sin = rope_cos_sin(torch.arange(size, device=device)[None], inv_freq)
+        return torch.stack([cos[0, 0], sin[0, 0]], dim=1)  # (size, 2, head_dim)
 
     def embed_tokens(self, idx: torch.Tensor) -> torch.Tensor:
         """Token embeddings (B, T, C); Gemma scales them by sqrt(d) here, so that other inputs placed

@@ -17,13 +17,14 @@ from scratchllm import load_pretrained
 from scratchllm.data.batches import TokenBatches, split_train_val
 from scratchllm.data.tokens import encode_corpus
 from scratchllm.errors import ScratchLLMError
+from scratchllm.fetch import cache_dir
 from scratchllm.fileio import write_folder_atomically
 from scratchllm.models import build_model
 from scratchllm.train.presets import get_preset
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.optim import build_optimizer, lr_at
 from scratchllm.train.run import train
-from scratchllm.train.trainer import Trainer
+from scratchllm.train.trainer import Trainer, keep_compiled_in_our_cache
 
 TINY = TINY["gpt-char-baby"]
 
@@ -211,11 +212,30 @@ def test_baby_gpt_reaches_nanogpt_loss_on_the_whole_val_split(tiny_shakespeare, 
     assert evaluate_checkpoint(str(tmp_path / "run" / "latest"))["loss"] <= 1.905
 
 
-def test_compiled_training_matches_eager(small_corpus, tmp_path):
+def test_compiled_training_matches_eager(small_corpus, tmp_path, monkeypatch):
+    """...and keeps what it compiled in our cache folder (isolated here), where a later run finds it."""
+    import torch._dynamo
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # as importing torch._dynamo leaves it
+    torch._dynamo.reset()  # compile here, not from another test's graphs in memory
     eager = make_trainer(small_corpus, tmp_path / "a", precision="fp32")
     compiled = make_trainer(small_corpus, tmp_path / "b", precision="fp32", compile=True)
     for _ in range(3):
         assert compiled.train_step().item() == pytest.approx(eager.train_step().item(), rel=1e-4)
+    inductor = cache_dir() / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor)
+    assert any(path.is_file() for path in inductor.rglob("*"))
+
+
+def test_a_compile_cache_folder_the_user_chose_stands(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    keep_compiled_in_our_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    keep_compiled_in_our_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir() / "inductor")
 
 
 def test_time_schedule_decays_over_the_time_budget():

@@ -122,7 +122,7 @@ class Llama(nn.Module):
 
     def _rope_tables(self, n: int, device: torch.device) -> torch.Tensor:
         """cos and signed sin for positions 0..n-1 (at least): (N, 2, head_dim), so that one lookup
-        fetches both. Computed once and grown on demand, in fp32 even when the weights are bf16
+        fetches both. Computed once and grown on demand (inside a compiled graph: made there), in fp32 even when the weights are bf16
         (bf16 angles would be off by whole radians at long positions); not a buffer, so that
         `model.to(dtype)` leaves them alone."""
         size = max(n, min(self.config.block_size, 4096))

@@ -15,6 +15,8 @@ import queue
 import threading
 from dataclasses import dataclass
 
+import torch
+
 from scratchllm.generate import Engine, Request, Token
 
 
@@ -77,9 +79,7 @@ class Worker:
     # -- the engine's thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.threads:
-            import torch
-
+        if self.threads:  # OpenMP's and MKL's thread counts are per thread: this one sets its own
             torch.set_num_threads(self.threads)
         while not self._stopping.is_set():
             try:

@@ -113,35 +113,28 @@ _BIASES: dict[tuple[int, int, int, torch.dtype, str], torch.Tensor] = {}
 def causal_bias(T: int, S: int, n_rep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n_rep * T, S): 0 where the causal mask lets query t see key s, -inf elsewhere; the (T, S) block
     repeated for n_rep query heads stacked on one kv head (grouped-query attention). Cached per shape."""
-    if torch.compiler.is_compiling():
-        # built in the graph (where it folds to a constant): a lookup in the module's dict is guarded, and
-        # the first call's miss made the second call compile the whole model again (twice the compile time)
-        return _causal_bias(T, S, n_rep, dtype, device)
-    key = (T, S, n_rep, dtype, str(device))
-    if key not in _BIASES:
-        with torch.inference_mode(False):  # one made while generating must serve training too
-            _BIASES[key] = _causal_bias(T, S, n_rep, dtype, device)
-    return _BIASES[key]
+    def make() -> torch.Tensor:
+        allowed = causal_mask(T, S, device).repeat(n_rep, 1)
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
 
-
-def _causal_bias(T: int, S: int, n_rep: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    allowed = causal_mask(T, S, device).repeat(n_rep, 1)
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    return _cached(_BIASES, (T, S, n_rep, dtype, str(device)), make)
 
 
 def causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
-    """(T, S) boolean, True where query t may attend key s: s <= t + (S - T). Cached per shape
-    (outside a compiled graph: see causal_bias)."""
+    """(T, S) boolean, True where query t may attend key s: s <= t + (S - T). Cached per shape."""
+    return _cached(_MASKS, (T, S, str(device)), lambda: torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T))
+
+
+def _cached(store: dict, key: tuple, make) -> torch.Tensor:
+    """store[key], made on first use. Inside a compiled graph it is made there instead (folded to a constant):
+    a lookup in the module's dict is guarded, and the first call's miss made the second call compile the
+    whole model again (twice the compile time)."""
     if torch.compiler.is_compiling():
-        return _causal_mask(T, S, device)
-    key = (T, S, str(device))
-    if key not in _MASKS:
-        _MASKS[key] = _causal_mask(T, S, device)
-    return _MASKS[key]
-
-
-def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
-    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+        return make()
+    if key not in store:
+        with torch.inference_mode(False):  # one made while generating must serve training too
+            store[key] = make()
+    return store[key]
 
 
 def padded_causal_mask(valid: torch.Tensor, T: int, prefix: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,9 +12,9 @@ tokens/s (training steps only: evaluation and, for the compiled run, the steps b
 the compilation are left out; "whole run" counts them), MFU = tokens/s x (6N + 12 L H Q T) FLOPs per
 token (N without position embeddings, as nanoGPT counts) over that peak, the ratios against
 GPT2LMHeadModel fp32 / bf16 and nanoGPT's model (imported from --nanogpt, not a dependency), eager
-and compiled, and val loss at steps 500..2000. With --rounds R the runs go R times in turn (A B C, A B C, ...) and each keeps its best round:
-this machine's speed drifts over minutes, and a run measured only once, early or late, takes the drift
-for a difference.
+and compiled, and val loss at steps 500..2000. With --rounds R the runs go R times in turn (A B C,
+A B C, ...) and each keeps its best round: this machine's speed drifts over minutes, and a run
+measured only once, early or late, takes the drift for a difference.
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def test_baby_gpt_reaches_nanogpt_loss_on_the_whole_val_split(tiny_shakespeare, 
 
 
 def test_compiled_training_matches_eager(small_corpus, tmp_path, monkeypatch):
-    """...and keeps what it compiled in our cache folder (isolated here), where a later run finds it."""
+    """A compiled run trains as the eager one does and keeps what it compiled in our cache folder (isolated
+    here), where a later run finds it."""
     import torch._dynamo
 
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir

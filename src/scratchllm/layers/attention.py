@@ -99,11 +99,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, drop
         scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S), or (B, KV, n_rep * T, S)
         if mask is not None:  # a caller's mask (the causal rule is the bias above)
             scores = scores.masked_fill(~mask, float("-inf"))
-    # In the scores' dtype: torch's CPU softmax computes in fp32 inside and rounds once, so bf16 probs are the
-    # same bits as an fp32 softmax cast back (forward), and the backward reads bf16 probs where it read fp32:
-    # q's and k's gradients 8.4e-3 from fp64 against 8.0e-3 (B 12, H 4, T 64, D 32). The fp32 round trip cost
-    # four passes over the (T, S) scores a layer: 0.89 against 1.06 ms forward + backward at the baby GPT's
-    # shapes, 41 against 64 ms at gpt-char's (16, 6, 256, 64) (AMD EPYC, 2 threads, 2026-12-04).
+    # In the scores' dtype: torch's CPU softmax computes in fp32 inside and rounds once, so bf16 probs are an
+    # fp32 softmax cast back, up to that one rounding (equal but for 14 of 1M elements at 335 keys, none up to
+    # 256), and the backward reads bf16 probs where it read fp32: q's and k's gradients 8.4e-3 from fp64
+    # against 8.0e-3 (B 12, H 4, T 64, D 32). The fp32 round trip cost four passes over the (T, S) scores a
+    # layer: 0.89 against 1.06 ms forward + backward at the baby GPT's shapes, 41 against 64 ms at gpt-char's
+    # (16, 6, 256, 64) (AMD EPYC, 2 threads, 2026-12-04).
     probs = torch.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p)

@@ -122,9 +122,9 @@ class Llama(nn.Module):
 
     def _rope_tables(self, n: int, device: torch.device) -> torch.Tensor:
         """cos and signed sin for positions 0..n-1 (at least): (N, 2, head_dim), so that one lookup
-        fetches both. Computed once and grown on demand (inside a compiled graph: made there), in fp32 even when the weights are bf16
-        (bf16 angles would be off by whole radians at long positions); not a buffer, so that
-        `model.to(dtype)` leaves them alone."""
+        fetches both. Computed once and grown on demand (inside a compiled graph: made there), in
+        fp32 even when the weights are bf16 (bf16 angles would be off by whole radians at long
+        positions); not a buffer, so that `model.to(dtype)` leaves them alone."""
         size = max(n, min(self.config.block_size, 4096))
         if torch.compiler.is_compiling():
             # made in the graph: a read of the cached table is guarded, and the first call's miss (None)

@@ -1,6 +1,7 @@
 """Training speed on one NVIDIA GPU: scratchllm's GPT against nanoGPT's model, in the same process.
 
     python benchmarks/gpu.py --nanogpt PATH/TO/nanoGPT/model.py [--what char,124m] [--steps 300]
+    python benchmarks/gpu.py --nanogpt PATH --what speedrun --model ours|nanogpt --preset P [--set K=V ...] --out DIR
 
 nanoGPT is not a dependency: point --nanogpt at its model.py (github.com/karpathy/nanoGPT), which
 this script imports from that path to measure it beside ours.
@@ -14,6 +15,12 @@ this script imports from that path to measure it beside ours.
          forward, backward and a fused AdamW step in bf16, both models compiled; tokens/s and MFU
          = (6N + 12 L H Q T) FLOPs per token (N without position embeddings, as nanoGPT counts it)
          against the GPU's dense bf16 peak (989 TFLOP/s on an H100 SXM).
+  speedrun  one training run on TinyShakespeare's characters with a preset's settings (--preset, --set
+         as `scratchllm train` takes them), scratchllm's GPT or nanoGPT's model (--model) in the same
+         trainer: its steps, seconds, and the best checkpoint's loss on the whole validation split
+         (consecutive windows, fp32), as `scratchllm eval` measures ours. With --preset gpt-char this is
+         nanoGPT's own shakespeare_char recipe (5000 steps, dropout 0.2, lr 1e-3); several such
+         processes may share one GPU, each printing one JSON line.
 """
 
 from __future__ import annotations
@@ -150,19 +157,60 @@ def gpt2_124m(args, nanogpt) -> None:
         torch.cuda.empty_cache()
 
 
+def speedrun(args, nanogpt) -> None:
+    from safetensors.torch import load_file
+
+    from scratchllm.config import apply_overrides
+    from scratchllm.data.batches import TokenBatches
+    from scratchllm.data.tokens import corpus_tokens
+    from scratchllm.models import build_model
+    from scratchllm.models.tasks import LANGUAGE
+    from scratchllm.train.presets import get_preset
+    from scratchllm.train.trainer import Trainer
+
+    preset = get_preset(args.preset)
+    configs = apply_overrides({"model": preset.model, "train": preset.train, "tokenizer": preset.tokenizer}, args.set)
+    data = str(ROOT / "tests" / "data" / "tinyshakespeare.txt")
+    tokenizer, train, val = corpus_tokens(data, progress=False)
+    mcfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size)
+    cfg = dataclasses.replace(configs["train"], device=args.device)
+    torch.manual_seed(cfg.seed)
+    if args.model == "ours":
+        model = build_model("gpt", mcfg)
+    else:
+        model = nanogpt.GPT(nanogpt.GPTConfig(block_size=mcfg.block_size, vocab_size=mcfg.vocab_size, n_layer=mcfg.n_layer,
+                                              n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=False))
+    out = Path(args.out)
+    trainer = Trainer(model, cfg, tokenizer, TokenBatches(train, val, mcfg.block_size, seed=cfg.seed), out,
+                      meta={"model_type": args.model}, progress=False)
+    summary = trainer.fit()
+    model.load_state_dict(load_file(out / "best" / "model.safetensors"))  # the best evaluation's weights
+    whole = LANGUAGE.evaluate(model.float().eval(), tokenizer, data)
+    result = {"model": args.model, "preset": args.preset, "set": args.set, "steps": summary["step"],
+              "seconds": round(summary["seconds"], 1), "tokens_per_s": round(summary["tokens_per_s"] or 0),
+              "best_val_batches": round(summary["best_val"], 4), "whole_val_loss_of_best": round(whole["loss"], 4),
+              "n_params": sum(p.numel() for p in model.parameters())}
+    print(json.dumps(result), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nanogpt", required=True, help="path to nanoGPT's model.py")
     ap.add_argument("--what", default="char,124m")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--model", choices=["ours", "nanogpt"], default="ours", help="speedrun: which model trains")
+    ap.add_argument("--preset", default="gpt-char", help="speedrun: the preset whose settings it trains with")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="speedrun: a preset override")
+    ap.add_argument("--out", default=None, help="speedrun: the run folder")
+    ap.add_argument("--device", default="cuda", help="speedrun: cpu for a dry run of this script where there is no GPU")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: this benchmark needs a CUDA GPU")
     nanogpt = load_nanogpt(args.nanogpt)
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
     for part in args.what.split(","):
-        {"char": char, "124m": gpt2_124m}[part](args, nanogpt)
+        {"char": char, "124m": gpt2_124m, "speedrun": speedrun}[part](args, nanogpt)
 
 
 if __name__ == "__main__":

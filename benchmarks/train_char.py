@@ -76,7 +76,9 @@ def run(name, model, train_cfg, tokenizer, batches, skip_steps: int = 0):
         summary["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in records
                                                     if r["kind"] == "train" and r["step"] > skip_steps)
         tokens = summary["step"] * train_cfg.batch_size * train_cfg.grad_accum * batches.block_size
-        compile_s = tokens / summary["run_tokens_per_s"] - tokens / summary["tokens_per_s"]
+        # the whole run's time less the steady rate's: from the on-disk cache this is within the machine's drift,
+        # and may come out below zero, which is printed as 0
+        compile_s = max(0.0, tokens / summary["run_tokens_per_s"] - tokens / summary["tokens_per_s"])
         compiling = f"   whole run {summary['run_tokens_per_s']:,.0f} tok/s (compiling took ~{compile_s:.0f} s)"
     print(f"  {name:<28} {summary['tokens_per_s']:>10,.0f} tok/s   final val {summary['val_loss']:.4f}{compiling}", flush=True)
     return summary, evals

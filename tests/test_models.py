@@ -41,6 +41,24 @@ def test_gpt_is_causal():
     torch.testing.assert_close(model(idx)[:, :10], model(changed)[:, :10])
 
 
+@pytest.mark.parametrize("preset", ["gpt-char-baby", "llama-bpe-baby", "gemma-bpe-baby"])
+def test_logits_at_are_the_whole_forward_logits_at_those_positions(preset):
+    """A prefill asks for one position's logits a row (the next token's); the head then runs on those
+    rows only, and what it returns is the whole forward's at those positions, row by row."""
+    p = get_preset(preset)
+    cfg = dataclasses.replace(p.model, vocab_size=96, n_layer=2, block_size=16)
+    torch.manual_seed(0)
+    model = build_model(p.model_type, cfg).eval()
+    idx = torch.randint(96, (3, 16))
+    at = torch.tensor([15, 4, 9])
+    with torch.no_grad():
+        every = model(idx)  # (3, 16, 96)
+        some = model(idx, logits_at=at)  # (3, 96)
+    assert some.shape == (3, 96)
+    torch.testing.assert_close(some, every[torch.arange(3), at], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(some[1], every[1, 15])  # row 1's is position 4's, not the last one's
+
+
 def test_context_longer_than_block_is_refused():
     model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_embd=16, n_head=2))
     with pytest.raises(ScratchLLMError, match="longer than the context of 8"):

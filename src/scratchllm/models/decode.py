@@ -362,7 +362,7 @@ class Engine:
             mask = torch.ones(1, 1, new, len(prompt), dtype=torch.bool, device=self.device)
         embeds = request.embeds[None, shared:] if request is not None and request.embeds is not None else None
         ids = None if embeds is not None else torch.tensor([prompt[shared:]], device=self.device)
-        return self._forward(ids, positions, view, mask, embeds)[:, -1]
+        return self._forward(ids, positions, view, mask, embeds, logits_at=torch.full((1,), new - 1, device=self.device))
 
     def _prefill_together(self, requests: Sequence[Request], plans) -> torch.Tensor:
         """One pass over adjacent cold rows, prompts right-padded: each row's keys land at positions 0..P-1
@@ -384,17 +384,18 @@ class Engine:
         ids, valid = ids.to(self.device), valid.to(self.device)
         positions = torch.arange(width, device=self.device)[None].expand(len(plans), width) + self.first_position
         mask = padded_causal_mask(valid, width, prefix=valid if requests[0].prefix_lm else None)
-        out = self._forward(None if embeds is not None else ids, positions, self.cache.rows(lo, lo + len(plans)), mask, embeds)
         last = valid.sum(-1) - 1  # each row's last prompt position
-        logits = out[torch.arange(len(plans), device=self.device), last]  # (rows in cache order, V)
+        logits = self._forward(None if embeds is not None else ids, positions, self.cache.rows(lo, lo + len(plans)), mask,
+                               embeds, logits_at=last)  # (rows in cache order, V)
         back = [0] * len(plans)
         for row, k in enumerate(order):
             back[k] = row
         return logits[back]
 
-    def _forward(self, ids, positions, cache, mask, embeds) -> torch.Tensor:
+    def _forward(self, ids, positions, cache, mask, embeds, logits_at: torch.Tensor) -> torch.Tensor:
+        """A prefill's pass: the logits (B, V) at `logits_at` (B,), each row's last prompt position only."""
         extra = {"embeds": embeds} if embeds is not None else {}
-        return self.model(ids, positions=positions, cache=cache, mask=mask, **extra)
+        return self.model(ids, positions=positions, cache=cache, mask=mask, logits_at=logits_at, **extra)
 
     # -- decoding -------------------------------------------------------------------------------
 

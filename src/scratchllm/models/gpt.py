@@ -79,9 +79,10 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, max_len, c.n_embd // c.n_head, dtype, device)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, mask: torch.Tensor | None = None):
+                cache: KVCache | None = None, mask: torch.Tensor | None = None, logits_at: torch.Tensor | None = None):
         """idx (B, T) -> logits (B, T, vocab); with targets, (logits, loss). `positions` (B, T) default to
-        the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding)."""
+        the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding);
+        `logits_at` (B,), without targets: the logits (B, vocab) of one position a row (a prefill's last)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -93,9 +94,11 @@ class GPT(nn.Module):
             x = block(x, cache, i, mask)
         if cache is not None:
             cache.advance(T)
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at]  # (B, C): only the rows whose next token is wanted
         x = self.ln_f(x)
         if targets is None:
-            return self.head(x)  # (B, T, vocab): the tied head, x @ wte^T
+            return self.head(x)  # (B, T, vocab), or (B, vocab) with logits_at: the tied head, x @ wte^T
         return logits_and_loss(self.head, x, targets)  # positions with target -100 (a fine-tune's prompt) add no loss
 
 

@@ -152,10 +152,13 @@ class Llama(nn.Module):
         return KVCache(c.n_layer, batch, c.n_kv_head, max_len, c.head_size, dtype, device)
 
     def forward(self, idx: torch.Tensor | None, targets: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                cache: KVCache | None = None, mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None):
+                cache: KVCache | None = None, mask: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+                logits_at: torch.Tensor | None = None):
         """idx (B, T) -> logits (B, T, vocab); with targets, (logits, loss). `positions` (B, T) default to
         the next T positions after the cache; `mask` (B, 1, T, S) replaces the causal mask (padding,
-        prefix-LM); `embeds` (B, T, C), as `embed_tokens` makes them, replaces idx (PaliGemma)."""
+        prefix-LM); `embeds` (B, T, C), as `embed_tokens` makes them, replaces idx (PaliGemma);
+        `logits_at` (B,), without targets: the logits (B, vocab) of one position a row (a prefill's last:
+        the head is SmolLM2's largest product, a fifth of a 335-token prefill's)."""
         B, T = idx.shape if embeds is None else embeds.shape[:2]
         device = idx.device if embeds is None else embeds.device
         start = cache.length if cache is not None else 0
@@ -171,9 +174,11 @@ class Llama(nn.Module):
             x = block(x, rope, cache, i, mask)
         if cache is not None:
             cache.advance(T)
+        if logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at]  # (B, C): only the rows whose next token is wanted
         x = self.norm(x)
         if targets is None:
-            return self.lm_head(x)  # (B, T, vocab)
+            return self.lm_head(x)  # (B, T, vocab), or (B, vocab) with logits_at
         # positions with target -100 (a fine-tune's prompt, PaliGemma's image and prefix) add no loss
         return logits_and_loss(self.lm_head, x, targets)
 

@@ -41,6 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PEAK = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
 
+def fail(message: str) -> None:
+    """Bad input: one line and exit code 2, as the CLI does."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def load_nanogpt(path: str):
     spec = importlib.util.spec_from_file_location("nanogpt_model", path)
     module = importlib.util.module_from_spec(spec)
@@ -61,10 +67,21 @@ def kernels_per_step(trainer) -> int:
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
 
 
+def build(kind: str, mcfg, nanogpt, seed: int = 1337):
+    """scratchllm's GPT ("scratchllm" or "ours") or nanoGPT's model of the same shape (no biases, as
+    nanoGPT's shakespeare_char), from the same seed."""
+    from scratchllm.models import build_model
+
+    torch.manual_seed(seed)
+    if kind in ("scratchllm", "ours"):
+        return build_model("gpt", mcfg)
+    return nanogpt.GPT(nanogpt.GPTConfig(block_size=mcfg.block_size, vocab_size=mcfg.vocab_size, n_layer=mcfg.n_layer,
+                                         n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=False))
+
+
 def char(args, nanogpt) -> None:
     from scratchllm.data.batches import TokenBatches
     from scratchllm.data.tokens import corpus_tokens
-    from scratchllm.models import build_model
     from scratchllm.train.presets import get_preset
     from scratchllm.train.trainer import Trainer
 
@@ -73,13 +90,6 @@ def char(args, nanogpt) -> None:
     mcfg = dataclasses.replace(preset.model, vocab_size=tokenizer.vocab_size)
     print(f"\ngpt-char ({mcfg.n_layer} layers, {mcfg.n_embd} wide, context {mcfg.block_size}, batch "
           f"{preset.train.batch_size}, dropout {mcfg.dropout}), bf16 autocast, {args.steps} steps after warm-up")
-
-    def make(kind):
-        torch.manual_seed(1337)
-        if kind == "scratchllm":
-            return build_model("gpt", mcfg)
-        return nanogpt.GPT(nanogpt.GPTConfig(block_size=mcfg.block_size, vocab_size=mcfg.vocab_size, n_layer=mcfg.n_layer,
-                                             n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=False))
 
     results = {}
     for name, kind, compile_mode in (("scratchllm eager", "scratchllm", None), ("nanoGPT eager", "nanogpt", None),
@@ -91,7 +101,7 @@ def char(args, nanogpt) -> None:
                                   precision="bf16", compile=compile_mode is not None, compile_mode=compile_mode or "default",
                                   device="cuda")
         with tempfile.TemporaryDirectory() as out:
-            trainer = Trainer(make(kind), cfg, tokenizer, TokenBatches(train, val, mcfg.block_size, seed=cfg.seed),
+            trainer = Trainer(build(kind, mcfg, nanogpt), cfg, tokenizer, TokenBatches(train, val, mcfg.block_size, seed=cfg.seed),
                               Path(out), meta={"model_type": name}, progress=False)
             kernels = kernels_per_step(trainer) if compile_mode is None else None
             trainer.fit()
@@ -107,7 +117,7 @@ def char(args, nanogpt) -> None:
 
 
 def gpt2_124m(args, nanogpt) -> None:
-    from scratchllm.models import GPT, GPTConfig
+    from scratchllm.models import GPTConfig
 
     B, T, V = 12, 1024, 50304
     name = torch.cuda.get_device_name()
@@ -117,16 +127,10 @@ def gpt2_124m(args, nanogpt) -> None:
     x = torch.randint(V, (B, T), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     y = torch.randint(V, (B, T), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
 
-    def make(kind):
-        torch.manual_seed(1337)
-        if kind == "scratchllm":
-            return GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=12, n_head=12, n_embd=768))
-        return nanogpt.GPT(nanogpt.GPTConfig(block_size=T, vocab_size=V, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
-                                             bias=False))
-
+    mcfg = GPTConfig(vocab_size=V, block_size=T, n_layer=12, n_head=12, n_embd=768)  # no dropout, no biases
     for label, kind, mode in (("scratchllm", "scratchllm", None), ("nanoGPT", "nanogpt", None),
                               ("scratchllm + CUDA graphs", "scratchllm", "reduce-overhead")):
-        model = make(kind).cuda()
+        model = build(kind, mcfg, nanogpt).cuda()
         n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel() if kind == "scratchllm" \
             else model.get_num_params()
         flops_per_token = 6 * n + 12 * 12 * 12 * 64 * T
@@ -163,24 +167,25 @@ def speedrun(args, nanogpt) -> None:
     from scratchllm.config import apply_overrides
     from scratchllm.data.batches import TokenBatches
     from scratchllm.data.tokens import corpus_tokens
-    from scratchllm.models import build_model
+    from scratchllm.errors import ScratchLLMError
+    from scratchllm.fileio import check_output
     from scratchllm.models.tasks import LANGUAGE
     from scratchllm.train.presets import get_preset
     from scratchllm.train.trainer import Trainer
 
-    preset = get_preset(args.preset)
-    configs = apply_overrides({"model": preset.model, "train": preset.train, "tokenizer": preset.tokenizer}, args.set)
+    try:  # a new or empty folder, as `scratchllm train` asks: nothing of the user's is overwritten
+        if args.out is None:
+            raise ScratchLLMError("--what speedrun needs --out DIR, a new or empty folder for the run")
+        out = check_output(args.out, force_flag=False)
+        preset = get_preset(args.preset)
+        configs = apply_overrides({"model": preset.model, "train": preset.train, "tokenizer": preset.tokenizer}, args.set)
+    except ScratchLLMError as e:
+        fail(str(e))
     data = str(ROOT / "tests" / "data" / "tinyshakespeare.txt")
     tokenizer, train, val = corpus_tokens(data, progress=False)
     mcfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size)
     cfg = dataclasses.replace(configs["train"], device=args.device)
-    torch.manual_seed(cfg.seed)
-    if args.model == "ours":
-        model = build_model("gpt", mcfg)
-    else:
-        model = nanogpt.GPT(nanogpt.GPTConfig(block_size=mcfg.block_size, vocab_size=mcfg.vocab_size, n_layer=mcfg.n_layer,
-                                              n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=False))
-    out = Path(args.out)
+    model = build(args.model, mcfg, nanogpt, cfg.seed)
     trainer = Trainer(model, cfg, tokenizer, TokenBatches(train, val, mcfg.block_size, seed=cfg.seed), out,
                       meta={"model_type": args.model}, progress=False)
     summary = trainer.fit()
@@ -206,7 +211,7 @@ def main():
     ap.add_argument("--device", default="cuda", help="speedrun: cpu for a dry run of this script where there is no GPU")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: this benchmark needs a CUDA GPU")
+        fail("this benchmark needs a CUDA GPU (for a dry run of --what speedrun: --device cpu)")
     nanogpt = load_nanogpt(args.nanogpt)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
     for part in args.what.split(","):

@@ -60,10 +60,11 @@ _register(Preset(
 _register(Preset(
     "gpt-char-speedrun", "gpt",
     # The lowest whole-validation loss on TinyShakespeare in 300 s of training on 2 CPU cores (measured:
-    # 1.556 in 1511 steps on a day of 850-1000 GFLOP/s bf16 products; 1.675 in 951 steps on one of 415). Wider and deeper than the baby (2.7M parameters) and a longer context; no
-    # dropout: in 300 s the model is under-trained, not over-fitted, and dropout cost 40% of the
-    # steps here; the cosine runs over the time budget (schedule="time"), so it ends at min_lr when
-    # the 300 s do, on a fast machine or a slow one. max_steps only bounds it.
+    # 1.556 in 1511 steps on a day of 850-1000 GFLOP/s bf16 products; 1.675 in 951 steps on one of 415).
+    # Wider and deeper than the baby (2.7M parameters) and a longer context; no dropout: in 300 s the
+    # model is under-trained, not over-fitted, and dropout cost 40% of the steps here; the cosine runs
+    # over the time budget (schedule="time"), so it ends at min_lr when the 300 s do, on a fast machine
+    # or a slow one. max_steps only bounds it.
     GPTConfig(block_size=128, n_layer=6, n_head=6, n_embd=192, dropout=0.0),
     TrainConfig(batch_size=32, max_steps=100_000, max_time=300.0, schedule="time", lr=2e-3, min_lr=1e-4,
                 warmup_steps=100, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=500, eval_batches=10),

@@ -6,8 +6,8 @@
 # 1. 300-second speedruns on TinyShakespeare, five training processes sharing the GPU for the same 300 s
 #    (each one's figure is what it reached with a fifth of the GPU or more; alone it would get more steps):
 #      speedrun      `scratchllm train --preset gpt-char-speedrun` as a user runs it (the CPU preset, eager)
-#      speedrun-gpu  `scratchllm train --preset gpt-char-speedrun-gpu` (8 x 512, dropout 0.3, CUDA graphs)
-#      gpu-6x384     the same with gpt-char's shape and dropout 0.3
+#      speedrun-gpu  `scratchllm train --preset gpt-char-speedrun-gpu` (6 x 384, dropout 0.3, CUDA graphs)
+#      gpu-8x512     the same, 8 layers x 512 at lr 6e-4 (the preset before 2026-12-04's measurement)
 #      ours / nanogpt  nanoGPT's shakespeare_char recipe (5000 steps; --preset gpt-char) in the same trainer
 #                    with CUDA graphs: scratchllm's GPT and nanoGPT's model (benchmarks/gpu.py --what speedrun)
 #    then each run's best checkpoint on the whole validation split, and the CUDA tests (pytest -m cuda).
@@ -41,7 +41,7 @@ bench() {  # NAME MODEL
 }
 train speedrun gpt-char-speedrun &
 train speedrun-gpu gpt-char-speedrun-gpu &
-train gpu-6x384 gpt-char-speedrun-gpu --set n_layer=6 --set n_head=6 --set n_embd=384 --set lr=1e-3 --set min_lr=1e-4 &
+train gpu-8x512 gpt-char-speedrun-gpu --set n_layer=8 --set n_head=8 --set n_embd=512 --set lr=6e-4 --set min_lr=6e-5 &
 bench ours ours &
 bench nanogpt nanogpt &
 sleep 20  # the trainings first; the tests share what is left
@@ -49,7 +49,7 @@ timeout 240 $PY -m pytest -m cuda -rfE -p no:randomly -p no:cacheprovider -n 0 -
   tests/test_hf_parity.py tests/test_trainer.py >"$RUNS/tests.log" 2>&1; echo "CUDA tests: $(tail -1 "$RUNS/tests.log")"
 wait
 echo "== whole validation split, best checkpoints ($(date +%T))"
-for name in speedrun speedrun-gpu gpu-6x384; do
+for name in speedrun speedrun-gpu gpu-8x512; do
   steps=$(grep -o '"step": [0-9]*' "$RUNS/$name/best/config.json" 2>/dev/null | head -1)
   echo "$name ($steps): $(cli "$name" eval --checkpoint "$RUNS/$name/best" --precision fp32 --device $DEVICE --no-progress 2>&1 | tr '\n' ' ')"
 done

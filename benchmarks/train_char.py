@@ -14,7 +14,8 @@ token (N without position embeddings, as nanoGPT counts) over that peak, the rat
 GPT2LMHeadModel fp32 / bf16 and nanoGPT's model (imported from --nanogpt, not a dependency), eager
 and compiled, and val loss at steps 500..2000. With --rounds R the runs go R times in turn (A B C,
 A B C, ...) and each keeps its best round: this machine's speed drifts over minutes, and a run
-measured only once, early or late, takes the drift for a difference.
+measured only once, early or late, takes the drift for a difference. The ratios of each round's runs
+against the same round's reference are printed too, with their median.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main():
           f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, auto = {auto}")
     print(f"{auto} matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
           + f" GFLOP/s; MFU below is against {peak:.0f}; {flops_per_token / 1e6:.2f} MFLOP per token (6N + 12LHQT)")
-    results = {}
+    results, by_round = {}, {}  # by_round[name]: tokens/s of each round
     for round_ in range(args.rounds):
         if args.rounds > 1:
             print(f"round {round_ + 1} of {args.rounds}")
@@ -142,6 +143,7 @@ def main():
                          skip_steps=min(50, args.steps // 2) if compiled else 0)
             if name not in results or result[0]["tokens_per_s"] > results[name][0]["tokens_per_s"]:
                 results[name] = result
+            by_round.setdefault(name, []).append(result[0]["tokens_per_s"])
 
     # "whole run" counts every training step: for a compiled run, the compilation too (from inductor's
     # on-disk cache when an earlier process compiled the same graph on this machine: a few seconds, not ~35)
@@ -158,6 +160,11 @@ def main():
                 f"{name} {summary['tokens_per_s'] / base:.2f}x"
                 + (f" (whole run {summary['run_tokens_per_s'] / base:.2f}x)" if name.endswith("compiled") else "")
                 for name, (summary, _) in results.items() if name.startswith("scratchllm")))
+            if args.rounds > 1:  # each round's runs ran minutes apart at most: the ratios the machine's drift moves least
+                print(f"  round by round against {ref}: " + "; ".join(
+                    f"{name} " + " ".join(f"{ours / theirs:.2f}x" for ours, theirs in zip(by_round[name], by_round[ref]))
+                    + f" (median {statistics.median(o / t for o, t in zip(by_round[name], by_round[ref])):.2f}x)"
+                    for name in by_round if name.startswith("scratchllm")))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchllm.errors import ScratchLLMError
+from scratchllm.layers import causal_attention
 from scratchllm.layers.dropout import Dropout, dropout
 from scratchllm.layers.kv_cache import KVCache
 from scratchllm.layers.linear import Linear
@@ -196,8 +197,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         if context is None:
+            qkv = self.qkv(x)  # (B, T, (H + 2 KV) * D)
+            if (self.causal and cache is None and mask is None and rope is None and self.q_norm is None and KV == H
+                    and not (self.training and self.dropout > 0) and causal_attention.usable(qkv, H)):
+                # training a small GPT on a CPU with bf16: our kernel, straight from qkv (layers/causal_attention.py)
+                y = self.proj(causal_attention.causal_attention(qkv, H))
+                return y if self.resid_dropout is None else self.resid_dropout(y)
             # (B, T, heads * D) -> (B, heads, T, D): H query heads, then KV key and KV value heads
-            qkv = self.qkv(x).view(B, T, H + 2 * KV, D).transpose(1, 2)
+            qkv = qkv.view(B, T, H + 2 * KV, D).transpose(1, 2)
             if rope is None and self.q_norm is None:  # one split: its backward is one cat kernel, not two
                 q, k, v = qkv.split_with_sizes([H, KV, KV], dim=1)  # (Tensor.split is a Python wrapper: slower per call)
             else:

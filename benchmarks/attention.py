@@ -11,7 +11,7 @@ and under bf16 autocast. This is the measurement behind `use_fused_kernel`.
 `--kernel`: in bf16, from the fused qkv projection's output (B, T, 3 H D) to the heads joined again
 (B, T, H D), as `Attention` runs it: torch's fused and plain paths (with their split and join of the
 heads) against our kernel (layers/causal_attention.c), which starts and ends in those layouts. The
-measurement behind causal_attention.MAX_SCORES; needs a CPU with AVX512-BF16.
+measurement behind causal_attention.MAX_CONTEXT; needs a CPU with AVX512-BF16.
 
 `--decode`: microseconds per call of `attend` for one bf16 query (9 heads over 3 kv heads of 64,
 as SmolLM2) against S cached keys, with the one-query fp32 path on and off: the measurement behind
@@ -21,6 +21,7 @@ as SmolLM2) against S cached keys, with the one-query fp32 path on and off: the 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -80,7 +81,8 @@ def kernel() -> None:
     from scratchllm.layers import causal_attention
 
     if not causal_attention.kernel_available():
-        raise SystemExit("error: our attention kernel needs a C compiler and a CPU with AVX512-BF16")
+        print("error: our attention kernel needs a C compiler and a CPU with AVX512-BF16; run without --kernel", file=sys.stderr)
+        raise SystemExit(2)
     original = attention.use_fused_kernel
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; causal attention from qkv, bf16, forward + backward")
     print(f"{'shape':<15}{'scores':>8}{'fused ms':>10}{'plain ms':>10}{'kernel ms':>11}{'best torch/kernel':>19}")

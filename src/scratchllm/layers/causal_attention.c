@@ -70,6 +70,9 @@ static void product(const uint32_t *Ap, int64_t a_row, int64_t a_col, const uint
     }
 }
 
+/* the first n of 16 lanes (all of them for n >= 16) */
+static inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+
 /* bf16 rows as the pair-words they are (a row's even offset: 4-byte aligned) */
 static inline const uint32_t *words(const uint16_t *x) { return (const uint32_t *)(const void *)x; }
 
@@ -79,7 +82,7 @@ static void pairs_of_transpose(const uint16_t *X, int64_t ld, int64_t T, int64_t
     const __m512i lanes = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                              _mm512_set1_epi32((int)(ld / 2)));
     for (int64_t t = 0; t < T; t += 16) {
-        const __mmask16 rows = T - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (T - t)) - 1u);
+        const __mmask16 rows = first_lanes(T - t);
         const int *first = (const int *)(const void *)(X + t * ld);
         for (int64_t m = 0; m < D / 2; m++)
             _mm512_mask_storeu_epi32(out + m * ldb + t, rows,
@@ -120,9 +123,11 @@ static inline __m512 exp_nonpositive(__m512 x) {
 }
 
 /* the lanes of the 16 columns from j that are keys 0 .. t */
-static inline __mmask16 seen(int64_t j, int64_t t) {
-    const int64_t n = t + 1 - j;
-    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+static inline __mmask16 seen(int64_t j, int64_t t) { return first_lanes(t + 1 - j); }
+
+/* the lanes `mask` of 16 bf16 at p as fp32 (0 elsewhere): a bf16 is the high half of its fp32 */
+static inline __m512 load_bf16(__mmask16 mask, const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
 }
 
 /* per-thread scratch */
@@ -198,10 +203,9 @@ int causal_attention_forward(const uint16_t *qkv, uint16_t *y, uint16_t *probs, 
                     const float inv = 1.0f / _mm512_reduce_add_ps(sum);
                     uint16_t *p = P + t * T;
                     for (int64_t j = 0; j < T; j += 16) {  /* P row t: bf16, 0 past key t */
-                        const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(sc + j), _mm512_set1_ps(inv)));
-                        const int64_t left = T - j;
-                        _mm256_mask_storeu_epi16(p + j, left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u),
-                                                 j <= t ? h : _mm256_setzero_si256());
+                        __m256i h = _mm256_setzero_si256();
+                        if (j <= t) h = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_loadu_ps(sc + j), _mm512_set1_ps(inv)));
+                        _mm256_mask_storeu_epi16(p + j, first_lanes(T - j), h);
                     }
                 }
                 product(words(P + t0 * T), T / 2, 1, s.vp, D, 0, n, D, s.rows, D);  /* P v */
@@ -242,23 +246,16 @@ int causal_attention_backward(const uint16_t *qkv, const uint16_t *probs, const 
                     const float *dp = s.rows + (t - t0) * Tp;
                     const uint16_t *p = P + t * T;  /* 0 past key t */
                     __m512 dot = _mm512_setzero_ps();
-                    for (int64_t j = 0; j <= t; j += 16) {
-                        const __m512 pj = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                            _mm256_maskz_loadu_epi16(seen(j, t), p + j)), 16));
-                        dot = _mm512_fmadd_ps(pj, _mm512_maskz_loadu_ps(seen(j, t), dp + j), dot);
-                    }
+                    for (int64_t j = 0; j <= t; j += 16)
+                        dot = _mm512_fmadd_ps(load_bf16(seen(j, t), p + j), _mm512_maskz_loadu_ps(seen(j, t), dp + j), dot);
                     const __m512 rowsum = _mm512_set1_ps(_mm512_reduce_add_ps(dot));
                     uint16_t *ds = s.ds + t * T;
                     for (int64_t j = 0; j < T; j += 16) {  /* dS row t in bf16, 0 past key t */
-                        const int64_t left = T - j;
-                        const __mmask16 inside = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
                         __m256i h = _mm256_setzero_si256();
-                        if (j <= t) {
-                            const __m512 pj = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                                _mm256_maskz_loadu_epi16(seen(j, t), p + j)), 16));
-                            h = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(pj, _mm512_sub_ps(_mm512_maskz_loadu_ps(seen(j, t), dp + j), rowsum)));
-                        }
-                        _mm256_mask_storeu_epi16(ds + j, inside, h);
+                        if (j <= t)
+                            h = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(load_bf16(seen(j, t), p + j),
+                                                                          _mm512_sub_ps(_mm512_maskz_loadu_ps(seen(j, t), dp + j), rowsum)));
+                        _mm256_mask_storeu_epi16(ds + j, first_lanes(T - j), h);
                     }
                 }
                 product(words(s.ds + t0 * T), T / 2, 1, s.kp, D, 0, n, D, s.rows, D);  /* dq = dS k */

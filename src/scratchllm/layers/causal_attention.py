@@ -47,9 +47,8 @@ def usable(qkv: torch.Tensor, n_heads: int) -> bool:
     MAX_CONTEXT and D a multiple of 16 (its blocks), and a CPU with AVX512-BF16."""
     if qkv.device.type != "cpu" or qkv.dtype != torch.bfloat16 or qkv.dim() != 3:
         return False
-    _, T, width = qkv.shape
-    D = width // (3 * n_heads)
-    return T % 4 == 0 and T <= MAX_CONTEXT and D % 16 == 0 and width == 3 * n_heads * D and kernel_available()
+    _, T, H, D = _sizes(qkv, n_heads)
+    return T % 4 == 0 and T <= MAX_CONTEXT and D % 16 == 0 and qkv.size(-1) == 3 * H * D and kernel_available()
 
 
 _LIB = torch.library.Library("scratchllm", "FRAGMENT")

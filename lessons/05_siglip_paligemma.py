@@ -503,16 +503,18 @@ plt.show()
 # - **Counting is solved with the tower, not without it.** SigLIP had to tell "a red circle" from "a red circle
 #   and a blue square", so its features already say how many shapes there are; the decoder only has to read
 #   that off. The tower trained from scratch has not learned it in 300 steps.
-# - **"Where is the ... shape?" improves**, by less: a caption names each colour with its shape, so the tower's
-#   patches carry colour, but the decoder must still learn to find the patch that the question's colour names.
-#   The other kinds of question stay within a few points of the blind majority with either start.
+# - **"Where is the ... shape?" is not settled in 300 steps.** The decoder must find the patch that the
+#   question's colour names; after 300 steps that row moves by ten points or more from one start (seed) or one
+#   CPU's kernels to another, in either direction, with or without the tower, so we read nothing into it. (An
+#   earlier version of this lesson said it improves with the tower: true on this seed here, but an Intel Xeon's
+#   kernels, and one seed in seven here, had it the other way round.)
 # - **"What color is the ...?" stays at the blind level with either start.** The answer needs the decoder to
 #   find the patch of the named shape and read its colour there, a binding of the question's words to one
 #   patch that 300 steps do not teach. (The full preset trains 6,000 steps; the README's measured run answers all 256 of its
 #   held-out questions right.)
 #
 # The numbers move by a few points with the CPU's kernels; the checks below hold with a wide margin on each
-# path we tried (fp32, bf16, and AVX2-only kernels).
+# path we tried (fp32, bf16, AVX2-only kernels, one thread and two).
 
 # %%
 scratch, pretrained, blind = (accuracy[name] for name in ("from scratch", "SigLIP tower", "blind majority"))
@@ -521,7 +523,6 @@ assert val_loss["SigLIP tower"] < val_loss["from scratch"]
 assert abs(scratch["all"] - blind["all"]) < 0.08  # from scratch: about the blind majority
 assert pretrained["all"] > max(scratch["all"], blind["all"]) + 0.08  # with the tower: well above both
 assert pretrained["how many"] > 0.9 and scratch["how many"] < 0.75  # counting: solved with the tower only
-assert pretrained["where"] > scratch["where"] + 0.05
 assert max(scratch["what color"], pretrained["what color"]) < blind["what color"] + 0.1  # colour: still blind
 
 # %% [markdown]

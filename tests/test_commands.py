@@ -127,6 +127,21 @@ def test_device_and_precision_are_checked(capsys, run_of):
         one_line_error(capsys, ["sample", "--checkpoint", run, "--device", "cuda"], "no CUDA device is available")
 
 
+def test_auto_device_is_the_cpu_for_the_cpu_only_precisions(monkeypatch):
+    """`--device auto` is CUDA where there is a GPU, but int8 / int4 run on our CPU kernels only: there auto is the
+    CPU (on the H200 machine `eval --precision int8` once stopped with "runs on the CPU"); cuda asked for by name
+    with int8 is still the one-line error."""
+    from scratchllm.device import inference_dtype, resolve_device
+    from scratchllm.errors import ScratchLLMError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine (nothing touches the GPU)
+    assert [resolve_device("auto", p).type for p in ("int8", "int4", "bf16", "fp32", "auto", None)] == \
+        ["cpu", "cpu", "cuda", "cuda", "cuda", "cuda"]
+    assert inference_dtype("int8", resolve_device("auto", "int8")) == torch.float32
+    with pytest.raises(ScratchLLMError, match="--precision int4 runs on the CPU"):
+        inference_dtype("int4", torch.device("cuda"))
+
+
 # -- CUDA: training and generation where there is a GPU (skipped without one) ----------------------
 
 @needs_cuda

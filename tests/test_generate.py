@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from scratchllm.generate import Sampling, generate, sample_next
+from conftest import DEVICES
+from scratchllm.generate import Sampling, generate, next_token_probs, sample_next
 from scratchllm.models import GPT, GPTConfig
 from scratchllm.pretrained import TextStream
 from scratchllm.tokenizers import CharTokenizer
@@ -14,6 +16,18 @@ def tiny_model():
 def test_temperature_zero_is_greedy():
     logits = torch.tensor([[0.1, 2.0, 1.9], [5.0, -1.0, 0.0]])
     assert sample_next(logits, Sampling(temperature=0)).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_tiny_temperature_samples_the_likeliest_token_on_every_device(device):
+    """temperature=1e-45: CUDA divides by a scalar through its reciprocal (inf in fp32), so the best token's
+    logit became 0 x inf = NaN and the draw a device-side assert that ended the process."""
+    logits = torch.tensor([[0.1, 2.0, 1.9, -3.0], [5.0, -1.0, 0.0, 4.999]], device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    for t in (1e-45, 1e-38, 1e-30, 1e-9):
+        probs = next_token_probs(logits, Sampling(temperature=t))
+        assert torch.equal(probs.cpu(), torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])), t
+        assert sample_next(logits, Sampling(temperature=t), g).tolist() == [1, 0], t
 
 
 def test_top_k_top_p_and_min_p_restrict_the_choice():

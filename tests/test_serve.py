@@ -486,11 +486,25 @@ def test_the_playground_streams_a_reply_and_stops_it_in_a_browser(chromium, llam
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp's thread pools (Linux)")
-def test_released_openmp_workers_end_and_new_work_makes_new_ones():
+@pytest.mark.parametrize("another_libgomp", [False, True], ids=["torch-alone", "beside-another"])
+def test_released_openmp_workers_end_and_new_work_makes_new_ones(another_libgomp, tmp_path):
     """device.release_openmp_threads ends the OpenMP workers that this thread's parallel work started (libgomp
     keeps them, and past one thread a core it sleeps at every barrier instead of spinning: the server's engine
-    stepped 2x slower beside the idle workers of the thread that loaded the model); parallel work makes them again."""
+    stepped 2x slower beside the idle workers of the thread that loaded the model); parallel work makes them again.
+    Also with a second libgomp in the process (scikit-learn's wheel brings its own, and lm-eval imports it), which
+    /proc/self/maps lists first when it was loaded last: pausing only the first one found left torch's workers
+    running (an Intel Xeon's test run, 2026-12-04). Here a copy of torch's own plays the other package's."""
+    import ctypes
+    import shutil
+
     from scratchllm.device import release_openmp_threads
+
+    if another_libgomp:
+        with open("/proc/self/maps") as maps:
+            loaded = sorted({line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]})
+        if not loaded:
+            pytest.skip("torch runs no libgomp here")
+        ctypes.CDLL(str(shutil.copy(loaded[0], tmp_path / "libgomp-another.so.1")))  # stays loaded, unused
 
     def tasks() -> set[str]:
         return set(os.listdir("/proc/self/task"))

@@ -264,3 +264,22 @@ def test_a_cpu_trainer_keeps_freed_memory_for_the_next_step(small_corpus, tmp_pa
     trainer = make_trainer(small_corpus, tmp_path / "out", device="cpu")
     assert trainer.device.type == "cpu" and calls == [1]
     trainer.train_step()  # and training goes on as before
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
+def test_a_gpu_random_state_that_is_not_one_is_refused_on_resume(tmp_path, device):
+    """A checkpoint's `rng.cuda` is checked like the CPU's states: a wrong one is a one-line error, not torch's
+    RuntimeError from `set_rng_state` in the middle of resuming (found by tests/test_fuzz.py on a GPU)."""
+    from safetensors.torch import save_file
+
+    state = {"step": 1, "best_val": None, "optimizer": {"param_groups": [], "scalars": {}}}
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.batches": torch.Generator().get_state()}
+    (tmp_path / ckpt.STATE_JSON).write_text(json.dumps(state))
+    for rng_cuda, ok in ((torch.cuda.get_rng_state(device), True), (torch.zeros(3, dtype=torch.uint8), False),
+                         (torch.cuda.get_rng_state(device).float(), False)):
+        save_file({**tensors, "rng.cuda": rng_cuda}, tmp_path / ckpt.STATE_TENSORS)
+        if ok:
+            assert torch.equal(ckpt.load_trainer_state(tmp_path)[1]["rng.cuda"], rng_cuda)
+        else:
+            with pytest.raises(ScratchLLMError, match="trainer state in .* is incomplete or corrupt"):
+                ckpt.load_trainer_state(tmp_path)

@@ -221,10 +221,15 @@ def load_trainer_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Te
                                                                      and math.isfinite(state["best_val"])))
           and isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("param_groups"), list)
           and isinstance(state["optimizer"].get("scalars"), dict) and {"rng.torch", "rng.batches"} <= set(tensors))
-    for name in ("rng.torch", "rng.batches") if ok else ():
+    # a random-number state of the right size and content; a GPU's is checked where one can take it (a run resumed
+    # on the CPU ignores it)
+    generators = {"rng.torch": "cpu", "rng.batches": "cpu", "rng.cuda": "cuda" if torch.cuda.is_available() else None}
+    for name, device in generators.items() if ok else ():
+        if device is None or name not in tensors:
+            continue
         try:
-            torch.Generator().set_state(tensors[name])  # a random-number state of the right size and content
-        except (RuntimeError, TypeError):
+            torch.Generator(device=device).set_state(tensors[name])
+        except (RuntimeError, TypeError, ValueError):
             ok = False
     if not ok:
         raise ScratchLLMError(f"trainer state in {folder} is incomplete or corrupt; resume from another run or start again")

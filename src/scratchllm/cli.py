@@ -65,7 +65,7 @@ def _finite(low: float, high: float):
 
 
 def _device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present; the CPU for --precision int8 / int4), cpu or cuda (default auto)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8", "int4"], default="auto",
                    help="the dtype of weights and KV cache: auto is bf16 on a GPU and on a CPU that multiplies bf16 "
                         "natively (AVX512-BF16, AMX), fp32 elsewhere; int8 / int4: the projections' weights in int8 "

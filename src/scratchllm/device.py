@@ -23,10 +23,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N -> a device that exists here, or a one-line error."""
+CPU_ONLY_PRECISIONS = ("int8", "int4")  # inference with our weight-only kernels (layers/quantized.py), CPU only
+
+
+def resolve_device(name: str, precision: str | None = None) -> torch.device:
+    """auto, cpu, cuda or cuda:N -> a device that exists here, or a one-line error. auto is CUDA when present,
+    but the CPU for a precision that runs there only (int8, int4), as `sample --precision int8` on a GPU machine."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        gpu = torch.cuda.is_available() and precision not in CPU_ONLY_PRECISIONS
+        return torch.device("cuda" if gpu else "cpu")
     if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda"):
         raise ScratchLLMError(f"unknown device '{name}'; use auto, cpu or cuda")
     try:
@@ -87,7 +92,7 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     is 1.5-1.65x faster than in fp32, benchmarks/chat.py), fp32 elsewhere. int8, int4 (weight-only, on the
     CPU): the projections' weights in that form (ModelSpec.quantize), everything else in fp32, which is what
     their kernels (layers/q8_0.c, q4_1.c) and the one-call decoding step (layers/llama_step.c) take."""
-    if name in ("int8", "int4"):
+    if name in CPU_ONLY_PRECISIONS:
         if device.type != "cpu":
             raise ScratchLLMError(f"--precision {name} runs on the CPU (its weight-only {name} kernel); use bf16 on a GPU")
         name = "fp32"
@@ -164,7 +169,7 @@ def return_freed_memory() -> None:
 
 def release_openmp_threads() -> bool:
     """Stop the OpenMP worker threads this thread's parallel work started (libgomp's omp_pause_resource_all, soft);
-    True if torch's libgomp was found and did so. Call it on a thread that hands the model to another one.
+    True if a libgomp was found and did so. Call it on a thread that hands the model to another one.
 
     torch's CPU kernels and our C step run on libgomp, which keeps a pool of worker threads for each thread that
     starts parallel work, and, once it manages more threads than there are cores, stops spinning at its barriers
@@ -173,17 +178,22 @@ def release_openmp_threads() -> bool:
     cores that made every barrier of the C step a sleep and a wake-up, and SmolLM2's bf16 step took 18-22 ms on
     the engine's thread where it takes 9-11 on the main one; with the main thread's pool released, 13.3 against
     11.3 (AMD EPYC, 2 threads, 2026-12-03). Work started again on this thread makes a new pool (speed, not
-    correctness, is what that costs)."""
+    correctness, is what that costs).
+
+    Every libgomp in the process is asked, not only the first that /proc/self/maps lists: another package may
+    bring its own copy (scikit-learn's wheel does, and lm-eval imports it), and pausing that one alone left
+    torch's workers running (seen on an Intel Xeon, 2026-12-04)."""
     import ctypes
 
     try:
-        with open("/proc/self/maps") as maps:  # the libgomp torch loaded, whatever its file is named
-            path = next((line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]), None)
+        with open("/proc/self/maps") as maps:  # the libgomps loaded, whatever their files are named
+            paths = sorted({line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]})
     except OSError:  # not Linux: no libgomp (macOS's torch runs LLVM's OpenMP, which does not throttle so)
         return False
-    if path is None:
-        return False
-    try:
-        return ctypes.CDLL(path).omp_pause_resource_all(1) == 0  # 1: omp_pause_soft (the pool, not the library)
-    except (OSError, AttributeError):  # a libgomp older than OpenMP 5.0's pause
-        return False
+    released = False
+    for path in paths:
+        try:
+            released |= ctypes.CDLL(path).omp_pause_resource_all(1) == 0  # 1: omp_pause_soft (the pool, not the library)
+        except (OSError, AttributeError):  # a libgomp older than OpenMP 5.0's pause
+            pass
+    return released

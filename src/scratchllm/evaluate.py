@@ -18,7 +18,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, batch_size: in
         from scratchllm.train.finetune import evaluate_finetune
 
         return evaluate_finetune(checkpoint, data, batch_size, max_batches, device, precision)
-    dev = resolve_device(device)
+    dev = resolve_device(device, precision)
     model, tokenizer, meta, spec = load_checkpoint(checkpoint, dev, inference_dtype(precision, dev))
     spec.require("eval", str(checkpoint))
     if precision in ("int8", "int4"):

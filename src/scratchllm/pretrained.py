@@ -323,7 +323,7 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
     blocks as they are stored), the rest in fp32; CPU: layers/quantized.py)."""
     from scratchllm.interop.hf import is_hf_folder, load_hf_folder, read_chat_settings
 
-    dev = resolve_device(device)
+    dev = resolve_device(device, precision)
     dtype = inference_dtype(precision, dev)
     path = pretrained_path(str(source)) if str(source) in PRETRAINED else Path(source)
     stored = None

@@ -129,7 +129,10 @@ def _filtered(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     logits = logits.float()
     if s.temperature < 0.01:  # logits / 1e-30 would be +-inf, and softmax NaN: shift the largest to 0 first
         logits = logits - logits.max(dim=-1, keepdim=True).values
-    logits = logits / s.temperature
+    # At least 1e-30: CUDA divides by a scalar as a product with its reciprocal, which for a temperature under
+    # 2.9e-39 (1e-45 say) is inf, and the best token's 0 x inf is NaN; the CPU divides. Past 1e-30 nothing changes
+    # (exp(-gap / 1e-30) is already 0 for any gap between two fp32 logits of a real model).
+    logits = logits / max(s.temperature, 1e-30)
     if 0 < s.top_k < logits.size(-1):
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -210,12 +210,18 @@ def main():
     ap.add_argument("--out", default=None, help="speedrun: the run folder")
     ap.add_argument("--device", default="cuda", help="speedrun: cpu for a dry run of this script where there is no GPU")
     args = ap.parse_args()
+    parts = {"char": char, "124m": gpt2_124m, "speedrun": speedrun}
+    unknown = [p for p in args.what.split(",") if p not in parts]
+    if unknown:
+        fail(f"--what {','.join(unknown)}: not one of {', '.join(parts)}")
+    if args.device != "cuda" and args.what != "speedrun":
+        fail(f"--device {args.device} is for a dry run of --what speedrun only; char and 124m time a CUDA GPU")
     if args.device == "cuda" and not torch.cuda.is_available():
         fail("this benchmark needs a CUDA GPU (for a dry run of --what speedrun: --device cpu)")
     nanogpt = load_nanogpt(args.nanogpt)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}")
     for part in args.what.split(","):
-        {"char": char, "124m": gpt2_124m, "speedrun": speedrun}[part](args, nanogpt)
+        parts[part](args, nanogpt)
 
 
 if __name__ == "__main__":

@@ -266,20 +266,21 @@ def test_a_cpu_trainer_keeps_freed_memory_for_the_next_step(small_corpus, tmp_pa
     trainer.train_step()  # and training goes on as before
 
 
-@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"])
-def test_a_gpu_random_state_that_is_not_one_is_refused_on_resume(tmp_path, device):
-    """A checkpoint's `rng.cuda` is checked like the CPU's states: a wrong one is a one-line error, not torch's
-    RuntimeError from `set_rng_state` in the middle of resuming (found by tests/test_fuzz.py on a GPU)."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_gpu_random_state_that_is_not_one_is_refused_where_the_run_resumes_on_a_gpu(tmp_path, device):
+    """A checkpoint's `rng.cuda` is checked like the CPU's states when the run resumes on a GPU: a wrong one is a
+    one-line error, not torch's RuntimeError from `set_rng_state` in the middle of resuming (found by
+    tests/test_fuzz.py on a GPU). A run resumed on the CPU never reads it, and leaves CUDA untouched."""
     from safetensors.torch import save_file
 
     state = {"step": 1, "best_val": None, "optimizer": {"param_groups": [], "scalars": {}}}
     tensors = {"rng.torch": torch.get_rng_state(), "rng.batches": torch.Generator().get_state()}
     (tmp_path / ckpt.STATE_JSON).write_text(json.dumps(state))
-    for rng_cuda, ok in ((torch.cuda.get_rng_state(device), True), (torch.zeros(3, dtype=torch.uint8), False),
-                         (torch.cuda.get_rng_state(device).float(), False)):
+    good = torch.cuda.get_rng_state(device) if device == "cuda" else torch.zeros(16, dtype=torch.uint8)
+    for rng_cuda, ok in ((good, True), (torch.zeros(3, dtype=torch.uint8), device == "cpu"), (good.float(), device == "cpu")):
         save_file({**tensors, "rng.cuda": rng_cuda}, tmp_path / ckpt.STATE_TENSORS)
         if ok:
-            assert torch.equal(ckpt.load_trainer_state(tmp_path)[1]["rng.cuda"], rng_cuda)
+            assert torch.equal(ckpt.load_trainer_state(tmp_path, torch.device(device))[1]["rng.cuda"], rng_cuda)
         else:
             with pytest.raises(ScratchLLMError, match="trainer state in .* is incomplete or corrupt"):
-                ckpt.load_trainer_state(tmp_path)
+                ckpt.load_trainer_state(tmp_path, torch.device(device))

@@ -207,7 +207,9 @@ def check_vocabularies(model: nn.Module, spec: ModelSpec, tokenizer, where: str)
 
 # -- trainer state ---------------------------------------------------------------------------------
 
-def load_trainer_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def load_trainer_state(folder: Path, device: torch.device = torch.device("cpu")) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(trainer_state.json, its tensors), checked; `device`: where the run resumes (a CUDA device's random state,
+    when the run was saved from one, is checked there too; a run resumed on the CPU leaves CUDA untouched)."""
     json_path, tensor_path = folder / STATE_JSON, folder / STATE_TENSORS
     if not json_path.is_file() or not tensor_path.is_file():
         raise ScratchLLMError(f"{folder} has no trainer state to resume from; it holds weights only (use it with sample or eval)")
@@ -221,14 +223,13 @@ def load_trainer_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Te
                                                                      and math.isfinite(state["best_val"])))
           and isinstance(state.get("optimizer"), dict) and isinstance(state["optimizer"].get("param_groups"), list)
           and isinstance(state["optimizer"].get("scalars"), dict) and {"rng.torch", "rng.batches"} <= set(tensors))
-    # a random-number state of the right size and content; a GPU's is checked where one can take it (a run resumed
-    # on the CPU ignores it)
-    generators = {"rng.torch": "cpu", "rng.batches": "cpu", "rng.cuda": "cuda" if torch.cuda.is_available() else None}
-    for name, device in generators.items() if ok else ():
-        if device is None or name not in tensors:
+    # each a random-number state of the right size and content
+    generators = {"rng.torch": "cpu", "rng.batches": "cpu", "rng.cuda": device if device.type == "cuda" else None}
+    for name, where in generators.items() if ok else ():
+        if where is None or name not in tensors:
             continue
         try:
-            torch.Generator(device=device).set_state(tensors[name])
+            torch.Generator(device=where).set_state(tensors[name])
         except (RuntimeError, TypeError, ValueError):
             ok = False
     if not ok:

@@ -105,7 +105,7 @@ class Trainer:
 
 
     def _restore(self, folder: Path) -> None:
-        state, tensors = ckpt.load_trainer_state(folder)
+        state, tensors = ckpt.load_trainer_state(folder, self.device)
         weights = ckpt.read_safetensors(folder / ckpt.WEIGHTS)
         try:
             optimizer_state = ckpt.optimizer_state_from_flat(state["optimizer"], tensors, like=self.optimizer)

@@ -18,6 +18,16 @@ torch.set_num_threads(_THREADS)
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
+# The tests that compile with torch.compile straight (not through the Trainer, which keeps its own cache) use
+# inductor's folder in /tmp, which keeps graphs across runs but does not tell CPUs apart: a run with
+# ATEN_CPU_CAPABILITY=avx2 after a default one reloaded AVX512 code (NaNs, a segfault). One folder per machine key.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from scratchllm.layers.native import machine_key
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), machine_key())
+
 # The tests that take a minute or more (the course's lessons, then the multi-process runs) go first: with
 # two workers taking one test at a time they start at once and the short tests fill in around them, instead
 # of leaving one worker running a lesson alone at the end.

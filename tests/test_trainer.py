@@ -24,6 +24,7 @@ from scratchllm.train.presets import get_preset
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.optim import build_optimizer, lr_at
 from scratchllm.train.run import train
+from scratchllm.layers.native import machine_key
 from scratchllm.train.trainer import Trainer, keep_compiled_in_our_cache
 
 TINY = TINY["gpt-char-baby"]
@@ -225,7 +226,7 @@ def test_compiled_training_matches_eager(small_corpus, tmp_path, monkeypatch):
     compiled = make_trainer(small_corpus, tmp_path / "b", precision="fp32", compile=True)
     for _ in range(3):
         assert compiled.train_step().item() == pytest.approx(eager.train_step().item(), rel=1e-4)
-    inductor = cache_dir() / "inductor"
+    inductor = cache_dir() / "inductor" / machine_key()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(inductor)
     assert any(path.is_file() for path in inductor.rglob("*"))
 
@@ -236,7 +237,31 @@ def test_a_compile_cache_folder_the_user_chose_stands(tmp_path, monkeypatch):
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     keep_compiled_in_our_cache()
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir() / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache_dir() / "inductor" / machine_key())
+
+
+def test_compiled_code_is_kept_apart_by_cpu_and_kernel_isa(tmp_path, monkeypatch):
+    """One inductor cache folder per machine key: a graph compiled for AVX512 and reloaded under
+    ATEN_CPU_CAPABILITY=avx2 gave NaNs (keep_compiled_in_our_cache's docstring); so would a cache folder on a disk
+    that moves to another CPU."""
+    from scratchllm.layers import native
+
+    def folder(cpu: str, **isa: str) -> str:
+        monkeypatch.setattr(native, "_cpu_id", lambda: cpu)
+        for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in isa.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        keep_compiled_in_our_cache()
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+    epyc = folder("model name: AMD EPYC\nflags: avx2 avx512f avx512_bf16")
+    assert epyc == folder("model name: AMD EPYC\nflags: avx2 avx512f avx512_bf16")  # the same machine: reused
+    others = [folder("model name: Intel Xeon\nflags: avx2 avx512f amx_bf16"), folder("model name: AMD EPYC\nflags: avx2"),
+              folder("model name: AMD EPYC\nflags: avx2 avx512f avx512_bf16", ATEN_CPU_CAPABILITY="avx2"),
+              folder("model name: AMD EPYC\nflags: avx2 avx512f avx512_bf16", ONEDNN_MAX_CPU_ISA="AVX2")]
+    assert len({epyc, *others}) == 5 and all(Path(f).parent == cache_dir() / "inductor" for f in [epyc, *others])
 
 
 def test_time_schedule_decays_over_the_time_budget():

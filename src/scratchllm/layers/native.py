@@ -40,6 +40,14 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
+def machine_key() -> str:
+    """A short name for this CPU and the kernels torch may run on it: its model and feature flags, and the
+    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA that hold torch's and oneDNN's kernels below its best. Code compiled
+    under one key can run wrong under another (train/trainer.py's keep_compiled_in_our_cache)."""
+    overrides = [os.environ.get(name, "") for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")]
+    return hashlib.sha256("\0".join([_cpu_id(), *overrides]).encode()).hexdigest()[:16]
+
+
 def _compiler_version(cc: str) -> str:
     try:
         return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout

@@ -25,6 +25,7 @@ from scratchllm.config import to_dict
 from scratchllm.device import autocast, keep_freed_memory, resolve_device, resolve_precision, tf32_matmuls
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fetch import cache_dir
+from scratchllm.layers.native import machine_key
 from scratchllm.models.tasks import bytes_per_token, mean_loss
 from scratchllm.train.config import TrainConfig
 from scratchllm.train.distributed import DistInfo, average
@@ -285,16 +286,21 @@ class Trainer:
 
 
 def keep_compiled_in_our_cache() -> None:
-    """torch.compile's compiled graphs and kernels go to $SCRATCHLLM_CACHE/inductor, not to /tmp, which a reboot
-    empties: compiling gpt-char-baby's training step takes 33-38 s cold and 2.4-4 s from this cache (AMD EPYC,
-    2 threads); the compiled step there is 1.1-1.2x the eager one, so only from the cache does compiling pay for
-    itself within the preset's 2,000 steps.
+    """torch.compile's compiled graphs and kernels go to $SCRATCHLLM_CACHE/inductor/<machine key>, not to /tmp,
+    which a reboot empties: compiling gpt-char-baby's training step takes 33-38 s cold and 2.4-4 s from this cache
+    (AMD EPYC, 2 threads); the compiled step there is 1.1-1.2x the eager one, so only from the cache does
+    compiling pay for itself within the preset's 2,000 steps.
+    One folder per CPU (layers/native.machine_key): inductor's own cache tells graphs apart by torch's version
+    and settings, not by the vector width it generated their loops for. A graph compiled under AVX512 and
+    reloaded under ATEN_CPU_CAPABILITY=avx2 ran its 512-bit loops with 256-bit vectors and left half of a
+    buffer unwritten: NaN attention outputs, and a segfault in a compiled model (2026-12-04); a cache folder on a
+    disk that moves between CPUs, as this project's machine does, would meet the same.
     A TORCHINDUCTOR_CACHE_DIR of the user's stands; torch's own default is what importing torch._dynamo puts
     there, so that one is replaced (inductor reads the variable at each use)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor" / machine_key())
 
 
 def _task_metrics(evaluation: dict[str, float]) -> dict[str, float]:

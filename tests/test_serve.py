@@ -497,11 +497,10 @@ def test_released_openmp_workers_end_and_new_work_makes_new_ones(another_libgomp
     import ctypes
     import shutil
 
-    from scratchllm.device import release_openmp_threads
+    from scratchllm.device import loaded_libgomps, release_openmp_threads
 
     if another_libgomp:
-        with open("/proc/self/maps") as maps:
-            loaded = sorted({line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]})
+        loaded = loaded_libgomps()
         if not loaded:
             pytest.skip("torch runs no libgomp here")
         ctypes.CDLL(str(shutil.copy(loaded[0], tmp_path / "libgomp-another.so.1")))  # stays loaded, unused

@@ -23,14 +23,14 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-CPU_ONLY_PRECISIONS = ("int8", "int4")  # inference with our weight-only kernels (layers/quantized.py), CPU only
+QUANTIZED_PRECISIONS = ("int8", "int4")  # inference with our weight-only kernels (layers/quantized.py): CPU only
 
 
 def resolve_device(name: str, precision: str | None = None) -> torch.device:
     """auto, cpu, cuda or cuda:N -> a device that exists here, or a one-line error. auto is CUDA when present,
     but the CPU for a precision that runs there only (int8, int4), as `sample --precision int8` on a GPU machine."""
     if name == "auto":
-        gpu = torch.cuda.is_available() and precision not in CPU_ONLY_PRECISIONS
+        gpu = torch.cuda.is_available() and precision not in QUANTIZED_PRECISIONS
         return torch.device("cuda" if gpu else "cpu")
     if not isinstance(name, str) or name.split(":")[0] not in ("cpu", "cuda"):
         raise ScratchLLMError(f"unknown device '{name}'; use auto, cpu or cuda")
@@ -92,7 +92,7 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     is 1.5-1.65x faster than in fp32, benchmarks/chat.py), fp32 elsewhere. int8, int4 (weight-only, on the
     CPU): the projections' weights in that form (ModelSpec.quantize), everything else in fp32, which is what
     their kernels (layers/q8_0.c, q4_1.c) and the one-call decoding step (layers/llama_step.c) take."""
-    if name in CPU_ONLY_PRECISIONS:
+    if name in QUANTIZED_PRECISIONS:
         if device.type != "cpu":
             raise ScratchLLMError(f"--precision {name} runs on the CPU (its weight-only {name} kernel); use bf16 on a GPU")
         name = "fp32"
@@ -167,6 +167,16 @@ def return_freed_memory() -> None:
         pass
 
 
+def loaded_libgomps() -> list[str]:
+    """The files of every libgomp this process has loaded, whatever they are named; none where there is no
+    /proc/self/maps (not Linux: macOS's torch runs LLVM's OpenMP, which does not throttle as libgomp does)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]})
+    except OSError:
+        return []
+
+
 def release_openmp_threads() -> bool:
     """Stop the OpenMP worker threads this thread's parallel work started (libgomp's omp_pause_resource_all, soft);
     True if a libgomp was found and did so. Call it on a thread that hands the model to another one.
@@ -185,13 +195,8 @@ def release_openmp_threads() -> bool:
     torch's workers running (seen on an Intel Xeon, 2026-12-04)."""
     import ctypes
 
-    try:
-        with open("/proc/self/maps") as maps:  # the libgomps loaded, whatever their files are named
-            paths = sorted({line.split()[-1] for line in maps if "libgomp" in line.rsplit("/", 1)[-1]})
-    except OSError:  # not Linux: no libgomp (macOS's torch runs LLVM's OpenMP, which does not throttle so)
-        return False
     released = False
-    for path in paths:
+    for path in loaded_libgomps():
         try:
             released |= ctypes.CDLL(path).omp_pause_resource_all(1) == 0  # 1: omp_pause_soft (the pool, not the library)
         except (OSError, AttributeError):  # a libgomp older than OpenMP 5.0's pause

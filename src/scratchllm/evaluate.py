@@ -9,7 +9,7 @@ loss over the held-out shapes-world scenes and its task metric (R@1, exact match
 from __future__ import annotations
 
 from scratchllm.checkpoint import load_checkpoint, read_meta, resolve_checkpoint
-from scratchllm.device import inference_dtype, resolve_device
+from scratchllm.device import QUANTIZED_PRECISIONS, inference_dtype, resolve_device
 
 
 def evaluate_checkpoint(checkpoint: str, data: str | None = None, batch_size: int = 32, max_batches: int | None = None,
@@ -21,6 +21,6 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, batch_size: in
     dev = resolve_device(device, precision)
     model, tokenizer, meta, spec = load_checkpoint(checkpoint, dev, inference_dtype(precision, dev))
     spec.require("eval", str(checkpoint))
-    if precision in ("int8", "int4"):
+    if precision in QUANTIZED_PRECISIONS:
         spec.quantize(model, precision, str(checkpoint))
     return spec.task.evaluate(model, tokenizer, data or meta.get("data"), batch_size, max_batches, progress)

@@ -29,7 +29,7 @@ from torch import nn
 
 from scratchllm.chat_template import render_chat
 from scratchllm.checkpoint import chat_settings, load_checkpoint
-from scratchllm.device import inference_dtype, resolve_device, return_freed_memory
+from scratchllm.device import QUANTIZED_PRECISIONS, inference_dtype, resolve_device, return_freed_memory
 from scratchllm.errors import ScratchLLMError
 from scratchllm.fetch import FetchError, cache_dir, has_sha256, pip_sdist, sha256_file
 from scratchllm.fileio import atomic_path
@@ -330,7 +330,7 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
     if path.suffix == ".gguf" and not path.is_dir():
         from scratchllm.interop.gguf import load_gguf
 
-        model, tokenizer, g = load_gguf(path, keep_blocks=precision in ("int8", "int4"))
+        model, tokenizer, g = load_gguf(path, keep_blocks=precision in QUANTIZED_PRECISIONS)
         stored = g.blocks  # its Q4 / Q8_0 blocks, which int4 / int8 run as they are stored
         names = {f"{k}_token": tokenizer.decode([i]) for k, i in (("bos", g.bos_id), ("eos", g.eos_id))
                  if i is not None and tokenizer is not None}
@@ -345,7 +345,7 @@ def load_pretrained(source: str | Path, device: str = "cpu", precision: str = "f
         stops = tuple(tokenizer.special_tokens[s] for s in ("<|endoftext|>", "<eos>") if s in tokenizer.special_tokens)
         chat = chat_settings(meta, path)  # a fine-tuned run keeps its base's template and end-of-reply tokens
         lm = Pretrained(model, tokenizer, spec, str(source), *(chat or (None, stops, {})), meta=meta)
-    if precision in ("int8", "int4"):
+    if precision in QUANTIZED_PRECISIONS:
         lm.spec.quantize(lm.model, precision, str(source), stored)
     _check_tokenizer_fits(lm)
     g = stored = None  # the file's dequantized tensors and blocks: the model holds what it needs of them

@@ -2,7 +2,7 @@
 
     python benchmarks/train_char.py [--preset gpt-char-baby|gpt-char] [--data PATH] [--steps 2000]
                                     [--runs scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt,nanogpt-compiled]
-                                    [--nanogpt PATH/TO/nanoGPT/model.py] [--rounds 1]
+                                    [--nanogpt PATH/TO/nanoGPT/model.py] [--rounds 1] [--chunks 0 --chunk-steps 25]
 
 All runs are in this one process, driven by scratchllm's trainer (same AdamW, schedule, batches). Prints
 the matmul peak of the precision "auto" trains in here (bf16 where the CPU multiplies it natively, else
@@ -15,7 +15,11 @@ GPT2LMHeadModel fp32 / bf16 and nanoGPT's model (imported from --nanogpt, not a 
 and compiled, and val loss at steps 500..2000. With --rounds R the runs go R times in turn (A B C,
 A B C, ...) and each keeps its best round: this machine's speed drifts over minutes, and a run
 measured only once, early or late, takes the drift for a difference. The ratios of each round's runs
-against the same round's reference are printed too, with their median.
+against the same round's reference are printed too, with their median. With --chunks K the eager runs'
+training steps are also timed in K chunks of --chunk-steps steps taken in turn (A B C, A B C, ...; no
+evaluation): this CPU alternates between two speeds for tens of seconds at a time (the step 19 or 26 ms),
+which whole runs taken in turn can straddle, while chunks of a second or so see the same speed, so the
+median of the chunks' ratios is the steadiest figure.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -85,6 +90,32 @@ def run(name, model, train_cfg, tokenizer, batches, skip_steps: int = 0):
     return summary, evals
 
 
+def paired_chunks(trainers: dict, chunks: int, steps: int, reference: str | None) -> None:
+    """Time each trainer's steps in `chunks` chunks of `steps`, taken in turn after 30 warm-up steps each."""
+    times = {name: [] for name in trainers}
+    for trainer in trainers.values():
+        trainer.model.train()
+        for _ in range(30):
+            trainer.train_step()
+    for _ in range(chunks):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = trainer.train_step()
+            float(loss)  # the chunk's last step done (a GPU's queue drained)
+            times[name].append((time.perf_counter() - start) / steps * 1e3)
+    print(f"\n  {chunks} chunks of {steps} steps in turn, ms a step:")
+    for name, ms in times.items():
+        print(f"  {name:<22} best {min(ms):7.2f}   median {statistics.median(ms):7.2f}")
+    if reference in times:
+        for name, ms in times.items():
+            if name != reference:
+                ratios = [theirs / ours for ours, theirs in zip(ms, times[reference])]
+                low, _, high = statistics.quantiles(ratios, n=4)
+                print(f"  {name} against {reference}: median of the chunks' ratios {statistics.median(ratios):.2f}x "
+                      f"(middle half {low:.2f}-{high:.2f}x), best against best {min(times[reference]) / min(ms):.2f}x")
+
+
 def nanogpt_model(path: str, cfg):
     spec = importlib.util.spec_from_file_location("nanogpt_model", path)
     module = importlib.util.module_from_spec(spec)
@@ -102,6 +133,9 @@ def main():
     ap.add_argument("--nanogpt", default=None, help="path to nanoGPT's model.py (the nanogpt run needs it)")
     ap.add_argument("--eval-batches", type=int, default=None, help="fewer evaluation batches than the preset's (timing only)")
     ap.add_argument("--rounds", type=int, default=1, help="run the list this many times in turn; each run keeps its best")
+    ap.add_argument("--chunks", type=int, default=0,
+                    help="then time the eager runs' steps in this many chunks taken in turn")
+    ap.add_argument("--chunk-steps", type=int, default=25, help="training steps a chunk")
     args = ap.parse_args()
 
     preset = get_preset(args.preset)
@@ -121,6 +155,18 @@ def main():
           f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, auto = {auto}")
     print(f"{auto} matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
           + f" GFLOP/s; MFU below is against {peak:.0f}; {flops_per_token / 1e6:.2f} MFLOP per token (6N + 12LHQT)")
+    def setup(name: str):
+        """The run's precision, trainer config, freshly seeded model and batches."""
+        precision = {"scratchllm": "auto", "scratchllm-compiled": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32",
+                     "hf-bf16": "bf16", "nanogpt": "auto", "nanogpt-compiled": "auto"}[name]
+        cfg = dataclasses.replace(preset.train, max_steps=args.steps, precision=precision, compile=name.endswith("compiled"),
+                                  eval_batches=args.eval_batches or preset.train.eval_batches,
+                                  log_interval=min(preset.train.log_interval, max(1, args.steps // 20)))
+        torch.manual_seed(cfg.seed)
+        model = (nanogpt_model(args.nanogpt, model_cfg) if name.startswith("nanogpt") else
+                 HFCausalLM(model_cfg) if name.startswith("hf") else build_model("gpt", model_cfg))
+        return precision, cfg, model, TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed)
+
     results, by_round = {}, {}  # by_round[name]: tokens/s of each round
     for round_ in range(args.rounds):
         if args.rounds > 1:
@@ -129,18 +175,9 @@ def main():
             if name.startswith("nanogpt") and not args.nanogpt:
                 print(f"  {name}: skipped (give --nanogpt PATH/TO/model.py)")
                 continue
-            precision = {"scratchllm": "auto", "scratchllm-compiled": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32",
-                         "hf-bf16": "bf16", "nanogpt": "auto", "nanogpt-compiled": "auto"}[name]
-            compiled = name.endswith("compiled")
-            cfg = dataclasses.replace(preset.train, max_steps=args.steps, precision=precision, compile=compiled,
-                                      eval_batches=args.eval_batches or preset.train.eval_batches,
-                                      log_interval=min(preset.train.log_interval, max(1, args.steps // 20)))
-            torch.manual_seed(cfg.seed)
-            model = (nanogpt_model(args.nanogpt, model_cfg) if name.startswith("nanogpt") else
-                     HFCausalLM(model_cfg) if name.startswith("hf") else build_model("gpt", model_cfg))
-            batches = TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed)
+            precision, cfg, model, batches = setup(name)
             result = run(f"{name} ({precision})", model, cfg, tokenizer, batches,
-                         skip_steps=min(50, args.steps // 2) if compiled else 0)
+                         skip_steps=min(50, args.steps // 2) if cfg.compile else 0)
             if name not in results or result[0]["tokens_per_s"] > results[name][0]["tokens_per_s"]:
                 results[name] = result
             by_round.setdefault(name, []).append(result[0]["tokens_per_s"])
@@ -165,6 +202,17 @@ def main():
                     f"{name} " + " ".join(f"{ours / theirs:.2f}x" for ours, theirs in zip(by_round[name], by_round[ref]))
                     + f" (median {statistics.median(o / t for o, t in zip(by_round[name], by_round[ref])):.2f}x)"
                     for name in by_round if name.startswith("scratchllm")))
+
+    eager = [name for name in args.runs.split(",")
+             if not name.endswith("compiled") and (args.nanogpt or not name.startswith("nanogpt"))]
+    if args.chunks and eager:
+        with tempfile.TemporaryDirectory() as out:
+            trainers = {}
+            for name in eager:
+                _, cfg, model, batches = setup(name)
+                trainers[name] = Trainer(model, cfg, tokenizer, batches, Path(out) / name, meta={"model_type": name},
+                                         progress=False)
+            paired_chunks(trainers, args.chunks, args.chunk_steps, reference="nanogpt")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ GPT2LMHeadModel fp32 / bf16 and nanoGPT's model (imported from --nanogpt, not a 
 and compiled, and val loss at steps 500..2000. With --rounds R the runs go R times in turn (A B C,
 A B C, ...) and each keeps its best round: this machine's speed drifts over minutes, and a run
 measured only once, early or late, takes the drift for a difference. The ratios of each round's runs
-against the same round's reference are printed too, with their median. With --chunks K the eager runs'
+against the same round's reference are printed too, with their median. With --chunks K the runs'
 training steps are also timed in K chunks of --chunk-steps steps taken in turn (A B C, A B C, ...; no
-evaluation): this CPU alternates between two speeds for tens of seconds at a time (the step 19 or 26 ms),
+evaluation; a compiled run compiles in the 30 warm-up steps before): this CPU alternates between two speeds for tens of seconds at a time (the step 19 or 26 ms),
 which whole runs taken in turn can straddle, while chunks of a second or so see the same speed, so the
 median of the chunks' ratios is the steadiest figure.
 """
@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=None, help="fewer evaluation batches than the preset's (timing only)")
     ap.add_argument("--rounds", type=int, default=1, help="run the list this many times in turn; each run keeps its best")
     ap.add_argument("--chunks", type=int, default=0,
-                    help="then time the eager runs' steps in this many chunks taken in turn")
+                    help="then time the runs' steps in this many chunks taken in turn")
     ap.add_argument("--chunk-steps", type=int, default=25, help="training steps a chunk")
     args = ap.parse_args()
 
@@ -203,12 +203,11 @@ def main():
                     + f" (median {statistics.median(o / t for o, t in zip(by_round[name], by_round[ref])):.2f}x)"
                     for name in by_round if name.startswith("scratchllm")))
 
-    eager = [name for name in args.runs.split(",")
-             if not name.endswith("compiled") and (args.nanogpt or not name.startswith("nanogpt"))]
-    if args.chunks and eager:
+    names = [name for name in args.runs.split(",") if args.nanogpt or not name.startswith("nanogpt")]
+    if args.chunks and names:
         with tempfile.TemporaryDirectory() as out:
             trainers = {}
-            for name in eager:
+            for name in names:
                 _, cfg, model, batches = setup(name)
                 trainers[name] = Trainer(model, cfg, tokenizer, batches, Path(out) / name, meta={"model_type": name},
                                          progress=False)

@@ -137,6 +137,8 @@ def main():
                     help="then time the runs' steps in this many chunks taken in turn")
     ap.add_argument("--chunk-steps", type=int, default=25, help="training steps a chunk")
     args = ap.parse_args()
+    if args.chunks == 1 or args.chunks < 0 or args.chunk_steps < 1:
+        ap.error("--chunks takes 0 (none) or at least 2 (their ratios' median and middle half); --chunk-steps at least 1")
 
     preset = get_preset(args.preset)
     tokenizer, train, val = corpus_tokens(args.data)

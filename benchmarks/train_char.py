@@ -17,9 +17,10 @@ A B C, ...) and each keeps its best round: this machine's speed drifts over minu
 measured only once, early or late, takes the drift for a difference. The ratios of each round's runs
 against the same round's reference are printed too, with their median. With --chunks K the runs'
 training steps are also timed in K chunks of --chunk-steps steps taken in turn (A B C, A B C, ...; no
-evaluation; a compiled run compiles in the 30 warm-up steps before): this CPU alternates between two speeds for tens of seconds at a time (the step 19 or 26 ms),
-which whole runs taken in turn can straddle, while chunks of a second or so see the same speed, so the
-median of the chunks' ratios is the steadiest figure.
+evaluation; a compiled run compiles in the 30 warm-up steps before): this CPU alternates between two
+speeds for tens of seconds at a time (the baby's step 19 or 26 ms), which whole runs taken in turn can
+straddle, while chunks of a second or so see the same speed, so the median of the chunks' ratios is the
+steadiest figure.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main():
           f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, auto = {auto}")
     print(f"{auto} matmul peak measured now: " + ", ".join(f"{m}x{k}x{n} {v:.0f}" for (m, k, n), v in peaks.items())
           + f" GFLOP/s; MFU below is against {peak:.0f}; {flops_per_token / 1e6:.2f} MFLOP per token (6N + 12LHQT)")
+    names = [name for name in args.runs.split(",") if args.nanogpt or not name.startswith("nanogpt")]  # the runs made
+
     def setup(name: str):
         """The run's precision, trainer config, freshly seeded model and batches."""
         precision = {"scratchllm": "auto", "scratchllm-compiled": "auto", "scratchllm-fp32": "fp32", "hf-fp32": "fp32",
@@ -174,7 +177,7 @@ def main():
         if args.rounds > 1:
             print(f"round {round_ + 1} of {args.rounds}")
         for name in args.runs.split(","):
-            if name.startswith("nanogpt") and not args.nanogpt:
+            if name not in names:
                 print(f"  {name}: skipped (give --nanogpt PATH/TO/model.py)")
                 continue
             precision, cfg, model, batches = setup(name)
@@ -205,7 +208,6 @@ def main():
                     + f" (median {statistics.median(o / t for o, t in zip(by_round[name], by_round[ref])):.2f}x)"
                     for name in by_round if name.startswith("scratchllm")))
 
-    names = [name for name in args.runs.split(",") if args.nanogpt or not name.startswith("nanogpt")]
     if args.chunks and names:
         with tempfile.TemporaryDirectory() as out:
             trainers = {}

@@ -1,6 +1,6 @@
 """Train a char GPT preset with scratchllm, transformers' GPT2LMHeadModel and nanoGPT's model: one loop, one data.
 
-    python benchmarks/train_char.py [--preset gpt-char-baby|gpt-char] [--data PATH] [--steps 2000]
+    python benchmarks/train_char.py [--preset gpt-char-baby|gpt-char|gpt-char-speedrun|...] [--data PATH] [--steps 2000]
                                     [--runs scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt,nanogpt-compiled]
                                     [--nanogpt PATH/TO/nanoGPT/model.py] [--rounds 1] [--chunks 0 --chunk-steps 25]
 
@@ -43,7 +43,7 @@ from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
 from scratchllm.device import DTYPES, resolve_precision
 from scratchllm.models import build_model
-from scratchllm.train.presets import get_preset
+from scratchllm.train.presets import PRESETS, get_preset
 from scratchllm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,8 @@ def nanogpt_model(path: str, cfg):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="gpt-char-baby", choices=["gpt-char-baby", "gpt-char"])
+    char_gpts = [name for name, p in PRESETS.items() if p.model_type == "gpt" and p.tokenizer.kind == "char"]
+    ap.add_argument("--preset", default="gpt-char-baby", choices=char_gpts)
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--runs", default="scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt,nanogpt-compiled")

@@ -117,6 +117,11 @@ def paired_chunks(trainers: dict, chunks: int, steps: int, reference: str | None
                       f"(middle half {low:.2f}-{high:.2f}x), best against best {min(times[reference]) / min(ms):.2f}x")
 
 
+def char_gpt_presets() -> list[str]:
+    """The presets these benchmarks can train: GPTs on characters (the corpus is read as characters)."""
+    return [name for name, p in PRESETS.items() if p.model_type == "gpt" and p.tokenizer.kind == "char"]
+
+
 def nanogpt_model(path: str, cfg):
     spec = importlib.util.spec_from_file_location("nanogpt_model", path)
     module = importlib.util.module_from_spec(spec)
@@ -127,8 +132,7 @@ def nanogpt_model(path: str, cfg):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    char_gpts = [name for name, p in PRESETS.items() if p.model_type == "gpt" and p.tokenizer.kind == "char"]
-    ap.add_argument("--preset", default="gpt-char-baby", choices=char_gpts)
+    ap.add_argument("--preset", default="gpt-char-baby", choices=char_gpt_presets())
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "tinyshakespeare.txt"))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--runs", default="scratchllm,scratchllm-compiled,hf-fp32,hf-bf16,nanogpt,nanogpt-compiled")

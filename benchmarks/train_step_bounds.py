@@ -1,0 +1,196 @@
+"""What the parts of a char GPT's CPU training step are worth: the step as the Trainer makes it ("as-trained")
+against variants that make one part cheaper or free, timed in chunks of steps taken in turn in one process (as
+benchmarks/train_char.py's --chunks: this CPU's speed drifts, and chunks a second apart see the same speed).
+
+    python benchmarks/train_step_bounds.py [--preset gpt-char-baby] [--chunks 30] [--chunk-steps 25]
+                                           [--variants compiled,no-optimizer,gelu-multiply,flat-adamw] [--threads]
+
+Each variant's line is the median of its chunks' speed-ups over as-trained, with their middle half:
+  compiled        torch.compile's forward and backward (`--set compile=true`: a way to train)
+  no-optimizer    clipping and AdamW skipped: the most that a faster optimizer step could give
+  gelu-multiply   GELU's backward made one multiply (`dy * x`, in place of a derivative that the forward would
+                  save, whose cost is left out): the most that such a GELU could give
+  flat-adamw      parameters, gradients (gathered by one `cat`) and AdamW's moments in one buffer each, one norm for
+                  the clipping, which AdamW's fused kernel applies as its gradient scale: a way to train, not the
+                  Trainer's (it must equal AdamW + clip_grad_norm_, which is checked and printed first)
+--threads then times the step with the whole batch on two threads and on one, and half the batch on one: half the
+batch on one thread against the whole on two is the most that giving each core half of the batch (data parallel
+within a step) could gain, before the two halves share the machine and sum their gradients (as two processes under
+torchrun they do both). The measured figures are in the README's results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchllm.data.batches import TokenBatches
+from scratchllm.data.tokens import corpus_tokens
+from scratchllm.layers.mlp import MLP
+from scratchllm.models import build_model
+from scratchllm.train.optim import parameter_names
+from scratchllm.train.presets import get_preset
+from scratchllm.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from train_char import char_gpt_presets, paired_chunks  # noqa: E402
+
+VARIANTS = ("compiled", "no-optimizer", "gelu-multiply", "flat-adamw")
+
+
+class _GeluMultiplyBackward(torch.autograd.Function):
+    """GELU forward; backward `dy * x`: the cost of one multiply standing in for gelu_backward (not its value)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return dy * x
+
+
+class GeluMultiplyBackward(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GeluMultiplyBackward.apply(x)
+
+
+class FlatAdamW:
+    """AdamW + global-norm clipping over one flat buffer each for weights, gradients and moments: two calls of
+    torch's fused AdamW kernel a step (decayed matrices, then the rest), the clip as the kernel's gradient scale
+    (it divides the gradients by it: norm / max_norm when that is above 1, as clip_grad_norm_ scales them)."""
+
+    def __init__(self, model: nn.Module, cfg):
+        named = dict(model.named_parameters())
+        self.params = [named[name] for name in parameter_names(model)]  # decayed (>= 2-D) first
+        sizes = [p.numel() for p in self.params]
+        total, decayed = sum(sizes), sum(n for p, n in zip(self.params, sizes) if p.dim() >= 2)
+        self.weights = torch.cat([p.detach().reshape(-1) for p in self.params])
+        offset = 0
+        for p, n in zip(self.params, sizes):
+            p.data = self.weights[offset:offset + n].view_as(p)  # the parameter now lives in the flat buffer
+            offset += n
+        self.grads, self.exp_avg, self.exp_avg_sq = torch.empty(total), torch.zeros(total), torch.zeros(total)
+        # the norm is taken parameter by parameter, as clip_grad_norm_ takes it: one fp32 norm over all 0.8M
+        # gradients of the baby came out 2e-5 below the exact (fp64) one, the norm of the 28 norms 2e-7
+        self.grad_pieces = list(torch.split(self.grads, sizes))
+        self.segments = [(0, decayed, cfg.weight_decay), (decayed, total, 0.0)]
+        self.steps = [torch.zeros(()) for _ in self.segments]
+        self.cfg = cfg
+        self.param_groups = [{"lr": cfg.lr}]  # the Trainer sets each step's learning rate here
+
+    def step(self) -> None:
+        torch.cat([p.grad.reshape(-1) for p in self.params], out=self.grads)
+        scale = torch.ones(())
+        if self.cfg.grad_clip > 0:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.grad_pieces)))
+            scale = ((norm + 1e-6) / self.cfg.grad_clip).clamp_(min=1.0)
+        torch._foreach_add_(self.steps, 1)
+        for (a, b, decay), step in zip(self.segments, self.steps):
+            torch._fused_adamw_([self.weights[a:b]], [self.grads[a:b]], [self.exp_avg[a:b]], [self.exp_avg_sq[a:b]],
+                                [], [step], lr=self.param_groups[0]["lr"], beta1=self.cfg.betas[0],
+                                beta2=self.cfg.betas[1], weight_decay=decay, eps=1e-8, amsgrad=False, maximize=False,
+                                grad_scale=scale, found_inf=None)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+class OnThreads:
+    """A trainer whose steps run on `threads` intra-op threads (torch's setting is the process's: set each step)."""
+
+    def __init__(self, trainer: Trainer, threads: int):
+        self.trainer, self.threads, self.model = trainer, threads, trainer.model
+
+    def train_step(self):
+        torch.set_num_threads(self.threads)
+        return self.trainer.train_step()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="gpt-char-baby", choices=char_gpt_presets())
+    ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--chunks", type=int, default=30)
+    ap.add_argument("--chunk-steps", type=int, default=25)
+    ap.add_argument("--threads", action="store_true", help="also: whole batch on 2 and 1 threads, half the batch on 1")
+    args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        ap.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.chunks < 2 or args.chunk_steps < 1:
+        ap.error("--chunks takes at least 2 (their ratios' median and middle half); --chunk-steps at least 1")
+
+    preset = get_preset(args.preset)
+    tokenizer, train, val = corpus_tokens(args.data)
+    model_cfg = dataclasses.replace(preset.model, vocab_size=tokenizer.vocab_size)
+    folder = tempfile.TemporaryDirectory(prefix="train-step-bounds-")  # the trainers' out_dir (steps write nothing)
+    out = Path(folder.name)
+
+    def trainer(variant: str, **changes) -> Trainer:
+        wanted = dataclasses.replace(preset.train, **{"precision": "auto", **changes})
+        cfg = dataclasses.replace(wanted, compile=variant == "compiled")
+        if variant in ("no-optimizer", "flat-adamw"):
+            cfg = dataclasses.replace(cfg, grad_clip=0.0)  # no clip_grad_norm_: none at all, or FlatAdamW's own
+        torch.manual_seed(cfg.seed)
+        model = build_model(preset.model_type, model_cfg)
+        if variant == "gelu-multiply":
+            for mlp in (m for m in model.modules() if isinstance(m, MLP)):
+                mlp.act = GeluMultiplyBackward()
+        made = Trainer(model, cfg, tokenizer, TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed),
+                       out / variant, meta={"model_type": preset.model_type}, progress=False)
+        if variant == "no-optimizer":
+            made.optimizer.step = lambda *args, **kwargs: None
+        if variant == "flat-adamw":
+            made.optimizer = FlatAdamW(made.model, wanted)
+        return made
+
+    print(f"{args.preset}: batch {preset.train.batch_size} x block {model_cfg.block_size}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
+    if "flat-adamw" in variants:  # a variant that trains must train as the Trainer does: the same state after 5 steps,
+        # in fp32 (in bf16 a weight's last-bit difference changes the products' rounding, and so the next gradients)
+        # and with a clip that every step reaches
+        check = {"precision": "fp32", "grad_clip": 0.05}
+        reference, flat = trainer("as-trained", **check), trainer("flat-adamw", **check)
+        for _ in range(5):
+            reference.train_step(), flat.train_step()
+        # the weights, and the first moments: AdamW's step hardly moves with a gradient's scale, its moment
+        # does, so a wrong clip shows there
+        params = dict(reference.model.named_parameters())
+        in_order = [params[name] for name in parameter_names(reference.model)]
+        expected = {"weights": torch.cat([p.detach().reshape(-1) for p in in_order]),
+                    "first moments": torch.cat([reference.optimizer.state[p]["exp_avg"].reshape(-1) for p in in_order])}
+        for what, got in (("weights", flat.optimizer.weights), ("first moments", flat.optimizer.exp_avg)):
+            difference = (got - expected[what]).abs().max().item() / expected[what].abs().max().item()
+            print(f"flat-adamw against AdamW + clip_grad_norm_ after 5 steps: {what} differ by {difference:.1e} of "
+                  f"the largest at most")
+            if not difference <= 1e-6:
+                sys.exit(f"error: flat-adamw does not train as the Trainer does ({what} differ by {difference:.1e})")
+
+    paired_chunks({name: trainer(name) for name in ["as-trained", *variants]}, args.chunks, args.chunk_steps,
+                  reference="as-trained")
+    if args.threads:
+        threads = torch.get_num_threads()
+        half = max(1, preset.train.batch_size // 2)
+        paired_chunks({f"batch {preset.train.batch_size}, {threads} threads": OnThreads(trainer("as-trained"), threads),
+                       f"batch {preset.train.batch_size}, 1 thread": OnThreads(trainer("as-trained"), 1),
+                       f"batch {half}, 1 thread": OnThreads(trainer("as-trained", batch_size=half), 1)},
+                      args.chunks, args.chunk_steps, reference=f"batch {preset.train.batch_size}, {threads} threads")
+        torch.set_num_threads(threads)
+    folder.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -125,7 +125,7 @@ def main():
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--chunk-steps", type=int, default=25)
-    ap.add_argument("--threads", action="store_true", help="also: whole batch on 2 and 1 threads, half the batch on 1")
+    ap.add_argument("--threads", action="store_true", help="also: the whole batch on all threads and on one, half on one")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     if unknown := [v for v in variants if v not in VARIANTS]:

@@ -3,7 +3,8 @@ against variants that make one part cheaper or free, timed in chunks of steps ta
 benchmarks/train_char.py's --chunks: this CPU's speed drifts, and chunks a second apart see the same speed).
 
     python benchmarks/train_step_bounds.py [--preset gpt-char-baby] [--chunks 30] [--chunk-steps 25]
-                                           [--variants compiled,no-optimizer,gelu-multiply,flat-adamw] [--threads]
+                                           [--variants compiled,no-optimizer,gelu-multiply,flat-adamw,...] [--threads]
+                                           [--nanogpt PATH/TO/nanoGPT/model.py]
 
 Each variant's line is the median of its chunks' speed-ups over as-trained, with their middle half:
   compiled        torch.compile's forward and backward (`--set compile=true`: a way to train)
@@ -13,6 +14,16 @@ Each variant's line is the median of its chunks' speed-ups over as-trained, with
   flat-adamw      parameters, gradients (gathered by one `cat`) and AdamW's moments in one buffer each, one norm for
                   the clipping, which AdamW's fused kernel applies as its gradient scale: a way to train, not the
                   Trainer's (it must equal AdamW + clip_grad_norm_, which is checked and printed first)
+  free-layernorm  every LayerNorm an identity: the most that a faster LayerNorm (forward and backward) could give
+  relu            GELU replaced by ReLU, whose forward and backward are one comparison: the most that a faster GELU
+                  could give
+  all-bf16        the weights in bf16 and no autocast (bf16 AdamW; LayerNorm, residual and loss in bf16): the most
+                  that removing autocast's casts could give
+  products-only   all four at once (free LayerNorm, ReLU, all-bf16, no optimizer): what is left is the products,
+                  the attention, the embedding and the loss, with their autograd; the most that making every other
+                  part free could give
+The last four are bounds, not ways to train. With --nanogpt, nanoGPT's model (the same Trainer, batch and bf16
+autocast) is timed in the same chunks, and every variant's speed-up over it is printed too.
 --threads then times the step with the whole batch on two threads and on one, and half the batch on one: half the
 batch on one thread against the whole on two is the most that giving each core half of the batch (data parallel
 within a step) could gain, before the two halves share the machine and sum their gradients (as two processes under
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -41,9 +53,9 @@ from scratchllm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from train_char import char_gpt_presets, paired_chunks  # noqa: E402
+from train_char import char_gpt_presets, nanogpt_model, paired_chunks  # noqa: E402
 
-VARIANTS = ("compiled", "no-optimizer", "gelu-multiply", "flat-adamw")
+VARIANTS = ("compiled", "no-optimizer", "gelu-multiply", "flat-adamw", "free-layernorm", "relu", "all-bf16", "products-only")
 
 
 class _GeluMultiplyBackward(torch.autograd.Function):
@@ -107,6 +119,14 @@ class FlatAdamW:
             p.grad = None
 
 
+def without_layernorms(model: nn.Module) -> None:
+    """Every nn.LayerNorm in `model` replaced by an identity."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(parent, name, nn.Identity())
+
+
 class OnThreads:
     """A trainer whose steps run on `threads` intra-op threads (torch's setting is the process's: set each step)."""
 
@@ -126,10 +146,13 @@ def main():
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--chunk-steps", type=int, default=25)
     ap.add_argument("--threads", action="store_true", help="also: the whole batch on all threads and on one, half on one")
+    ap.add_argument("--nanogpt", default=None, help="path to nanoGPT's model.py: its model timed in the same chunks")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     if unknown := [v for v in variants if v not in VARIANTS]:
         ap.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.nanogpt and not Path(args.nanogpt).is_file():
+        ap.error(f"--nanogpt {args.nanogpt}: no such file; give the path of nanoGPT's model.py")
     if args.chunks < 2 or args.chunk_steps < 1:
         ap.error("--chunks takes at least 2 (their ratios' median and middle half); --chunk-steps at least 1")
 
@@ -142,16 +165,28 @@ def main():
     def trainer(variant: str, **changes) -> Trainer:
         wanted = dataclasses.replace(preset.train, **{"precision": "auto", **changes})
         cfg = dataclasses.replace(wanted, compile=variant == "compiled")
-        if variant in ("no-optimizer", "flat-adamw"):
+        free_optimizer = variant in ("no-optimizer", "products-only")
+        if free_optimizer or variant == "flat-adamw":
             cfg = dataclasses.replace(cfg, grad_clip=0.0)  # no clip_grad_norm_: none at all, or FlatAdamW's own
+        all_bf16 = variant in ("all-bf16", "products-only")
+        if all_bf16:
+            cfg = dataclasses.replace(cfg, precision="fp32")  # no autocast: the bf16 weights set the products' type
         torch.manual_seed(cfg.seed)
-        model = build_model(preset.model_type, model_cfg)
+        if variant == "nanogpt":
+            model = nanogpt_model(args.nanogpt, model_cfg)
+        else:
+            relu = variant in ("relu", "products-only")
+            model = build_model(preset.model_type, dataclasses.replace(model_cfg, activation="relu") if relu else model_cfg)
+        if variant in ("free-layernorm", "products-only"):
+            without_layernorms(model)
+        if all_bf16:
+            model.to(torch.bfloat16)
         if variant == "gelu-multiply":
             for mlp in (m for m in model.modules() if isinstance(m, MLP)):
                 mlp.act = GeluMultiplyBackward()
         made = Trainer(model, cfg, tokenizer, TokenBatches(train, val, model_cfg.block_size, seed=cfg.seed),
                        out / variant, meta={"model_type": preset.model_type}, progress=False)
-        if variant == "no-optimizer":
+        if free_optimizer:
             made.optimizer.step = lambda *args, **kwargs: None
         if variant == "flat-adamw":
             made.optimizer = FlatAdamW(made.model, wanted)
@@ -179,8 +214,15 @@ def main():
             if not difference <= 1e-6:
                 sys.exit(f"error: flat-adamw does not train as the Trainer does ({what} differ by {difference:.1e})")
 
-    paired_chunks({name: trainer(name) for name in ["as-trained", *variants]}, args.chunks, args.chunk_steps,
-                  reference="as-trained")
+    names = ["as-trained", *variants, *(["nanogpt"] if args.nanogpt else [])]
+    times = paired_chunks({name: trainer(name) for name in names}, args.chunks, args.chunk_steps, reference="as-trained")
+    if args.nanogpt:
+        print("\n  against nanoGPT's model in the same chunks (its ms a step over each one's):")
+        for name in names[:-1]:
+            ratios = [theirs / ours for ours, theirs in zip(times[name], times["nanogpt"])]
+            low, _, high = statistics.quantiles(ratios, n=4)
+            print(f"  {name:<22} median {statistics.median(ratios):.2f}x (middle half {low:.2f}-{high:.2f}x), "
+                  f"best against best {min(times['nanogpt']) / min(times[name]):.2f}x")
     if args.threads:
         threads = torch.get_num_threads()
         half = max(1, preset.train.batch_size // 2)

@@ -110,13 +110,19 @@ def paired_chunks(trainers: dict, chunks: int, steps: int, reference: str | None
     for name, ms in times.items():
         print(f"  {name:<22} best {min(ms):7.2f}   median {statistics.median(ms):7.2f}")
     if reference in times:
-        for name, ms in times.items():
-            if name != reference:
-                ratios = [theirs / ours for ours, theirs in zip(ms, times[reference])]
-                low, _, high = statistics.quantiles(ratios, n=4)
-                print(f"  {name} against {reference}: median of the chunks' ratios {statistics.median(ratios):.2f}x "
-                      f"(middle half {low:.2f}-{high:.2f}x), best against best {min(times[reference]) / min(ms):.2f}x")
+        print_chunk_ratios(times, reference)
     return times
+
+
+def print_chunk_ratios(times: dict[str, list[float]], reference: str) -> None:
+    """Each other run's speed-up over `reference` (its ms a step over theirs), chunk by chunk: the median, the
+    middle half, and best against best."""
+    for name, ms in times.items():
+        if name != reference:
+            ratios = [theirs / ours for ours, theirs in zip(ms, times[reference])]
+            low, _, high = statistics.quantiles(ratios, n=4)
+            print(f"  {name} against {reference}: median of the chunks' ratios {statistics.median(ratios):.2f}x "
+                  f"(middle half {low:.2f}-{high:.2f}x), best against best {min(times[reference]) / min(ms):.2f}x")
 
 
 def char_gpt_presets() -> list[str]:

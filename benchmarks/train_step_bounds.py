@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +52,7 @@ from scratchllm.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from train_char import char_gpt_presets, nanogpt_model, paired_chunks  # noqa: E402
+from train_char import char_gpt_presets, nanogpt_model, paired_chunks, print_chunk_ratios  # noqa: E402
 
 VARIANTS = ("compiled", "no-optimizer", "gelu-multiply", "flat-adamw", "free-layernorm", "relu", "all-bf16", "products-only")
 
@@ -217,12 +216,8 @@ def main():
     names = ["as-trained", *variants, *(["nanogpt"] if args.nanogpt else [])]
     times = paired_chunks({name: trainer(name) for name in names}, args.chunks, args.chunk_steps, reference="as-trained")
     if args.nanogpt:
-        print("\n  against nanoGPT's model in the same chunks (its ms a step over each one's):")
-        for name in names[:-1]:
-            ratios = [theirs / ours for ours, theirs in zip(times[name], times["nanogpt"])]
-            low, _, high = statistics.quantiles(ratios, n=4)
-            print(f"  {name:<22} median {statistics.median(ratios):.2f}x (middle half {low:.2f}-{high:.2f}x), "
-                  f"best against best {min(times['nanogpt']) / min(times[name]):.2f}x")
+        print("\n  the same chunks against nanoGPT's model:")
+        print_chunk_ratios(times, reference="nanogpt")
     if args.threads:
         threads = torch.get_num_threads()
         half = max(1, preset.train.batch_size // 2)

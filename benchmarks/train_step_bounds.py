@@ -4,11 +4,13 @@ benchmarks/train_char.py's --chunks: this CPU's speed drifts, and chunks a secon
 
     python benchmarks/train_step_bounds.py [--preset gpt-char-baby] [--chunks 30] [--chunk-steps 25]
                                            [--variants compiled,no-optimizer,gelu-multiply,flat-adamw,...] [--threads]
-                                           [--nanogpt PATH/TO/nanoGPT/model.py]
+                                           [--nanogpt PATH/TO/nanoGPT/model.py] [--precision auto|bf16|fp32] [--products]
 
 Each variant's line is the median of its chunks' speed-ups over as-trained, with their middle half:
   compiled        torch.compile's forward and backward (`--set compile=true`: a way to train)
   no-optimizer    clipping and AdamW skipped: the most that a faster optimizer step could give
+  compiled-no-optimizer
+                  both: the most that a faster optimizer step could give the compiled step
   gelu-multiply   GELU's backward made one multiply (`dy * x`, in place of a derivative that the forward would
                   save, whose cost is left out): the most that such a GELU could give
   flat-adamw      parameters, gradients (gathered by one `cat`) and AdamW's moments in one buffer each, one norm for
@@ -22,8 +24,14 @@ Each variant's line is the median of its chunks' speed-ups over as-trained, with
   products-only   all four at once (free LayerNorm, ReLU, all-bf16, no optimizer): what is left is the products,
                   the attention, the embedding and the loss, with their autograd; the most that making every other
                   part free could give
-The last four are bounds, not ways to train. With --nanogpt, nanoGPT's model (the same Trainer, batch and bf16
-autocast) is timed in the same chunks, and every variant's speed-up over it is printed too.
+The last four are bounds, not ways to train. With --nanogpt, nanoGPT's model (the same Trainer, batch and
+precision) is timed in the same chunks, and every variant's speed-up over it is printed too. --precision sets what
+every trainer but all-bf16 and products-only trains in (theirs is bf16 weights without autocast): "auto" (bf16 on a
+CPU that multiplies it natively) by default; fp32 is what nanoGPT's train.py itself trains in on a CPU.
+--products adds a step of the training step's matrix products alone, in the same chunks (the forward's, and the
+backward's two a Linear: dx and the weight's gradient from the transposed activations, as autograd makes them; each
+with its operands in cache): no step made of these products takes less, so its line against nanoGPT's model is the
+most that a step of ours can be against it, at this precision, on this machine.
 --threads then times the step with the whole batch on two threads and on one, and half the batch on one: half the
 batch on one thread against the whole on two is the most that giving each core half of the batch (data parallel
 within a step) could gain, before the two halves share the machine and sum their gradients (as two processes under
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +53,7 @@ from torch import nn
 
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
+from scratchllm.device import DTYPES, resolve_precision
 from scratchllm.layers.mlp import MLP
 from scratchllm.models import build_model
 from scratchllm.train.optim import parameter_names
@@ -54,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from train_char import char_gpt_presets, nanogpt_model, paired_chunks, print_chunk_ratios  # noqa: E402
 
-VARIANTS = ("compiled", "no-optimizer", "gelu-multiply", "flat-adamw", "free-layernorm", "relu", "all-bf16", "products-only")
+VARIANTS = ("compiled", "no-optimizer", "compiled-no-optimizer", "gelu-multiply", "flat-adamw", "free-layernorm", "relu",
+            "all-bf16", "products-only")
 
 
 class _GeluMultiplyBackward(torch.autograd.Function):
@@ -137,6 +148,36 @@ class OnThreads:
         return self.trainer.train_step()
 
 
+def product_shapes(cfg, tokens: int) -> list[tuple[int, int, int, bool, int]]:
+    """A GPT training step's matrix products: (m, k, n, A transposed, how many a step). Our Linear's weight is
+    (in, out): forward x (tokens, in) @ W, backward dx = dy @ W^T and dW = x^T @ dy; the tied head multiplies by
+    the (vocab, embd) embedding."""
+    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
+    linears = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]  # qkv, attention's projection, the MLP's two
+    shapes = []
+    for d_in, d_out in linears:
+        shapes += [(tokens, d_in, d_out, False, L), (tokens, d_out, d_in, False, L), (d_in, tokens, d_out, True, L)]
+    return shapes + [(tokens, C, V, False, 1), (tokens, V, C, False, 1), (V, tokens, C, True, 1)]
+
+
+class ProductsAlone:
+    """A "trainer" whose step is only the training step's matrix products, one shape after another with its
+    operands in cache, taken in the same chunks as the real steps: no step made of these products can be faster."""
+
+    def __init__(self, cfg, tokens: int, dtype: torch.dtype):
+        self.model = nn.Identity()  # paired_chunks sets it to training mode
+        self.operands = []
+        for m, k, n, transposed, times in product_shapes(cfg, tokens):
+            a = torch.randn(k, m, dtype=dtype).t() if transposed else torch.randn(m, k, dtype=dtype)
+            self.operands += [(a, torch.randn(k, n, dtype=dtype))] * times
+        self.gflop = sum(2 * m * k * n * times for m, k, n, _, times in product_shapes(cfg, tokens)) / 1e9
+
+    def train_step(self) -> torch.Tensor:
+        for a, b in self.operands:
+            out = torch.mm(a, b)
+        return out[0, 0]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="gpt-char-baby", choices=char_gpt_presets())
@@ -146,6 +187,9 @@ def main():
     ap.add_argument("--chunk-steps", type=int, default=25)
     ap.add_argument("--threads", action="store_true", help="also: the whole batch on all threads and on one, half on one")
     ap.add_argument("--nanogpt", default=None, help="path to nanoGPT's model.py: its model timed in the same chunks")
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="what the trainers train in (all-bf16 and products-only excepted)")
+    ap.add_argument("--products", action="store_true", help="also: a step of the products alone, in the same chunks")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     if unknown := [v for v in variants if v not in VARIANTS]:
@@ -162,9 +206,9 @@ def main():
     out = Path(folder.name)
 
     def trainer(variant: str, **changes) -> Trainer:
-        wanted = dataclasses.replace(preset.train, **{"precision": "auto", **changes})
-        cfg = dataclasses.replace(wanted, compile=variant == "compiled")
-        free_optimizer = variant in ("no-optimizer", "products-only")
+        wanted = dataclasses.replace(preset.train, **{"precision": args.precision, **changes})
+        cfg = dataclasses.replace(wanted, compile=variant in ("compiled", "compiled-no-optimizer"))
+        free_optimizer = variant in ("no-optimizer", "compiled-no-optimizer", "products-only")
         if free_optimizer or variant == "flat-adamw":
             cfg = dataclasses.replace(cfg, grad_clip=0.0)  # no clip_grad_norm_: none at all, or FlatAdamW's own
         all_bf16 = variant in ("all-bf16", "products-only")
@@ -191,7 +235,8 @@ def main():
             made.optimizer = FlatAdamW(made.model, wanted)
         return made
 
-    print(f"{args.preset}: batch {preset.train.batch_size} x block {model_cfg.block_size}, torch {torch.__version__}, "
+    print(f"{args.preset}: batch {preset.train.batch_size} x block {model_cfg.block_size}, precision {args.precision}, "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
     if "flat-adamw" in variants:  # a variant that trains must train as the Trainer does: the same state after 5 steps,
         # in fp32 (in bf16 a weight's last-bit difference changes the products' rounding, and so the next gradients)
@@ -214,10 +259,23 @@ def main():
                 sys.exit(f"error: flat-adamw does not train as the Trainer does ({what} differ by {difference:.1e})")
 
     names = ["as-trained", *variants, *(["nanogpt"] if args.nanogpt else [])]
-    times = paired_chunks({name: trainer(name) for name in names}, args.chunks, args.chunk_steps, reference="as-trained")
+    made = {name: trainer(name) for name in names}
+    if args.products:
+        made["products"] = ProductsAlone(model_cfg, preset.train.batch_size * model_cfg.block_size,
+                                         DTYPES[resolve_precision(args.precision, torch.device("cpu"))])
+    times = paired_chunks(made, args.chunks, args.chunk_steps, reference="as-trained")
     if args.nanogpt:
         print("\n  the same chunks against nanoGPT's model:")
         print_chunk_ratios(times, reference="nanogpt")
+    if args.products:
+        ms = statistics.median(times["products"])
+        print(f"\n  the step's {len(made['products'].operands)} products alone: median {ms:.2f} ms a step, "
+              f"{made['products'].gflop / ms * 1e3:.0f} GFLOP/s")
+        if args.nanogpt:
+            budget = statistics.median([theirs / 2 - ours for theirs, ours in zip(times["nanogpt"], times["products"])])
+            print(f"  2x nanoGPT's model leaves (chunks' median) {budget:.2f} ms a step beside the products for the "
+                  f"attention, norms, activations, casts, loss, optimizer and autograd; as trained they take "
+                  f"{statistics.median([t - p for t, p in zip(times['as-trained'], times['products'])]):.2f}")
     if args.threads:
         threads = torch.get_num_threads()
         half = max(1, preset.train.batch_size // 2)

@@ -4,7 +4,7 @@ benchmarks/train_char.py's --chunks: this CPU's speed drifts, and chunks a secon
 
     python benchmarks/train_step_bounds.py [--preset gpt-char-baby] [--chunks 30] [--chunk-steps 25]
                                            [--variants compiled,no-optimizer,gelu-multiply,flat-adamw,...] [--threads]
-                                           [--nanogpt PATH/TO/nanoGPT/model.py] [--precision auto|bf16|fp32] [--products]
+                                           [--nanogpt PATH/TO/nanoGPT/model.py] [--precision auto|fp32|bf16] [--products]
 
 Each variant's line is the median of its chunks' speed-ups over as-trained, with their middle half:
   compiled        torch.compile's forward and backward (`--set compile=true`: a way to train)
@@ -53,7 +53,7 @@ from torch import nn
 
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
-from scratchllm.device import DTYPES, resolve_precision
+from scratchllm.device import DTYPES, PRECISIONS, resolve_precision
 from scratchllm.layers.mlp import MLP
 from scratchllm.models import build_model
 from scratchllm.train.optim import parameter_names
@@ -166,11 +166,11 @@ class ProductsAlone:
 
     def __init__(self, cfg, tokens: int, dtype: torch.dtype):
         self.model = nn.Identity()  # paired_chunks sets it to training mode
-        self.operands = []
+        self.operands, self.gflop = [], 0.0
         for m, k, n, transposed, times in product_shapes(cfg, tokens):
             a = torch.randn(k, m, dtype=dtype).t() if transposed else torch.randn(m, k, dtype=dtype)
             self.operands += [(a, torch.randn(k, n, dtype=dtype))] * times
-        self.gflop = sum(2 * m * k * n * times for m, k, n, _, times in product_shapes(cfg, tokens)) / 1e9
+            self.gflop += 2 * m * k * n * times / 1e9
 
     def train_step(self) -> torch.Tensor:
         for a, b in self.operands:
@@ -187,7 +187,7 @@ def main():
     ap.add_argument("--chunk-steps", type=int, default=25)
     ap.add_argument("--threads", action="store_true", help="also: the whole batch on all threads and on one, half on one")
     ap.add_argument("--nanogpt", default=None, help="path to nanoGPT's model.py: its model timed in the same chunks")
-    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="what the trainers train in (all-bf16 and products-only excepted)")
     ap.add_argument("--products", action="store_true", help="also: a step of the products alone, in the same chunks")
     args = ap.parse_args()
@@ -236,8 +236,7 @@ def main():
         return made
 
     print(f"{args.preset}: batch {preset.train.batch_size} x block {model_cfg.block_size}, precision {args.precision}, "
-          f"torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
     if "flat-adamw" in variants:  # a variant that trains must train as the Trainer does: the same state after 5 steps,
         # in fp32 (in bf16 a weight's last-bit difference changes the products' rounding, and so the next gradients)
         # and with a clip that every step reaches

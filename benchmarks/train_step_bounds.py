@@ -11,6 +11,10 @@ Each variant's line is the median of its chunks' speed-ups over as-trained, with
   no-optimizer    clipping and AdamW skipped: the most that a faster optimizer step could give
   compiled-no-optimizer
                   both: the most that a faster optimizer step could give the compiled step
+  hand-backward   the GPT's forward and backward written out by hand, one autograd node for the whole loss (no graph
+                  of ~150 nodes, no engine walking it), the ops autograd runs, in its order (the gradients are checked
+                  against autograd's and printed first): what autograd costs the step, the first part of a
+                  hand-written training step (bf16 with our attention kernel; a GPT without biases or dropout)
   gelu-multiply   GELU's backward made one multiply (`dy * x`, in place of a derivative that the forward would
                   save, whose cost is left out): the most that such a GELU could give
   flat-adamw      parameters, gradients (gathered by one `cat`) and AdamW's moments in one buffer each, one norm for
@@ -53,7 +57,8 @@ from torch import nn
 
 from scratchllm.data.batches import TokenBatches
 from scratchllm.data.tokens import corpus_tokens
-from scratchllm.device import DTYPES, PRECISIONS, resolve_precision
+from scratchllm.device import DTYPES, PRECISIONS, autocast, resolve_precision
+from scratchllm.layers import causal_attention
 from scratchllm.layers.mlp import MLP
 from scratchllm.models import build_model
 from scratchllm.train.optim import parameter_names
@@ -64,8 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from train_char import char_gpt_presets, nanogpt_model, paired_chunks, print_chunk_ratios  # noqa: E402
 
-VARIANTS = ("compiled", "no-optimizer", "compiled-no-optimizer", "gelu-multiply", "flat-adamw", "free-layernorm", "relu",
-            "all-bf16", "products-only")
+VARIANTS = ("compiled", "no-optimizer", "compiled-no-optimizer", "hand-backward", "gelu-multiply", "flat-adamw",
+            "free-layernorm", "relu", "all-bf16", "products-only")
 
 
 class _GeluMultiplyBackward(torch.autograd.Function):
@@ -85,6 +90,96 @@ class _GeluMultiplyBackward(torch.autograd.Function):
 class GeluMultiplyBackward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _GeluMultiplyBackward.apply(x)
+
+
+class _HandStep(torch.autograd.Function):
+    """A GPT's loss (bf16 products, as under autocast; LayerNorm, residual and loss in fp32) in the forward, and in
+    the backward every parameter's gradient by hand: the ops autograd runs for it, in its order."""
+
+    @staticmethod
+    def forward(ctx, idx: torch.Tensor, targets: torch.Tensor, gpt: nn.Module, *params: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        N, C, H = B * T, gpt.config.n_embd, gpt.config.n_head
+        layer_norm = torch.ops.aten.native_layer_norm  # -> (out, mean, 1 / std): what its backward takes
+        with torch.autocast("cpu", enabled=False):
+            x = (gpt.wte.weight[idx] + gpt.wpe.weight[:T]).view(N, C)  # (N, C) fp32: the residual stream
+            saved = []
+            for block in gpt.blocks:
+                w = [lin.weight.to(torch.bfloat16) for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj)]
+                h, mean_1, rstd_1 = layer_norm(x, [C], block.ln_1.weight, None, gpt.config.norm_eps)
+                h = h.to(torch.bfloat16)
+                qkv = h @ w[0]  # (N, 3C)
+                y, probs = torch.ops.scratchllm.causal_attention(qkv.view(B, T, 3 * C), H)
+                y = y.view(N, C)
+                x_mid = x + y @ w[1]
+                h_mid, mean_2, rstd_2 = layer_norm(x_mid, [C], block.ln_2.weight, None, gpt.config.norm_eps)
+                h_mid = h_mid.to(torch.bfloat16)
+                f = h_mid @ w[2]  # (N, 4C)
+                g = F.gelu(f)
+                saved.append((x, mean_1, rstd_1, h, qkv, probs, y, x_mid, mean_2, rstd_2, h_mid, f, g, w))
+                x = x_mid + g @ w[3]
+            h_f, mean_f, rstd_f = layer_norm(x, [C], gpt.ln_f.weight, None, gpt.config.norm_eps)
+            h_f = h_f.to(torch.bfloat16)
+            wte = gpt.wte.weight.to(torch.bfloat16)
+            log_probs = torch.log_softmax((h_f @ wte.t()).float(), dim=-1)  # (N, vocab)
+            loss = -log_probs.gather(1, targets.view(N, 1)).mean()
+        ctx.gpt, ctx.idx, ctx.targets, ctx.saved = gpt, idx, targets, saved
+        ctx.final = (x, mean_f, rstd_f, h_f, wte, log_probs)
+        return loss
+
+    @staticmethod
+    def backward(ctx, d_loss: torch.Tensor):
+        gpt, idx, saved = ctx.gpt, ctx.idx, ctx.saved
+        x, mean_f, rstd_f, h_f, wte, log_probs = ctx.final
+        (B, T), (N, C) = idx.shape, x.shape
+        H = gpt.config.n_head
+        norm_backward = torch.ops.aten.native_layer_norm_backward
+        grads = {}
+        d_logits = log_probs.exp()  # softmax - one-hot, over the N positions' mean
+        d_logits[torch.arange(N), ctx.targets.view(N)] -= 1.0
+        d_logits = (d_logits * (d_loss / N)).to(torch.bfloat16)
+        d_wte = (d_logits.t() @ h_f).float()  # the head's share of the tied table's gradient
+        dx, grads[gpt.ln_f.weight], _ = norm_backward((d_logits @ wte).float(), x, [C], mean_f, rstd_f, gpt.ln_f.weight,
+                                                      None, [True, True, False])
+        for block, (x_in, mean_1, rstd_1, h, qkv, probs, y, x_mid, mean_2, rstd_2, h_mid, f, g, w) in zip(
+                reversed(gpt.blocks), reversed(saved)):
+            d_out = dx.to(torch.bfloat16)  # the MLP's output gradient
+            grads[block.mlp.proj.weight] = (g.t() @ d_out).float()
+            d_f = torch.ops.aten.gelu_backward(d_out @ w[3].t(), f)
+            grads[block.mlp.fc.weight] = (h_mid.t() @ d_f).float()
+            d, grads[block.ln_2.weight], _ = norm_backward((d_f @ w[2].t()).float(), x_mid, [C], mean_2, rstd_2,
+                                                           block.ln_2.weight, None, [True, True, False])
+            dx = dx + d
+            d_out = dx.to(torch.bfloat16)  # the attention's output gradient
+            grads[block.attn.proj.weight] = (y.t() @ d_out).float()
+            d_qkv = torch.ops.scratchllm.causal_attention_backward(qkv.view(B, T, 3 * C), probs,
+                                                                   (d_out @ w[1].t()).view(B, T, C), H).view(N, 3 * C)
+            grads[block.attn.qkv.weight] = (h.t() @ d_qkv).float()
+            d, grads[block.ln_1.weight], _ = norm_backward((d_qkv @ w[0].t()).float(), x_in, [C], mean_1, rstd_1,
+                                                           block.ln_1.weight, None, [True, True, False])
+            dx = dx + d
+        grads[gpt.wpe.weight] = torch.zeros_like(gpt.wpe.weight)
+        grads[gpt.wpe.weight][:T] = dx.view(B, T, C).sum(0)
+        grads[gpt.wte.weight] = d_wte.index_add_(0, idx.view(N), dx)
+        ctx.saved = ctx.final = None
+        return None, None, None, *(grads[p] for p in gpt.parameters())
+
+
+def hand_backward_fits(cfg, precision: str) -> bool:
+    """Whether _HandStep computes this GPT's step: no biases or dropout, GELU, bf16 with our attention kernel."""
+    return (not cfg.bias and not cfg.dropout and cfg.activation == "gelu" and causal_attention.kernel_available()
+            and resolve_precision(precision, torch.device("cpu")) == "bf16")
+
+
+class HandBackwardGPT(nn.Module):
+    """A GPT (bias-free, no dropout) whose training loss is one _HandStep: the Trainer's step around it is unchanged."""
+
+    def __init__(self, gpt: nn.Module):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor):
+        return None, _HandStep.apply(idx, targets, self.gpt, *self.gpt.parameters())
 
 
 class FlatAdamW:
@@ -182,7 +277,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="gpt-char-baby", choices=char_gpt_presets())
     ap.add_argument("--data", default=str(ROOT / "tests" / "data" / "tinyshakespeare.txt"))
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=None, help=f"comma-separated, of {','.join(VARIANTS)} (default: all that apply)")
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--chunk-steps", type=int, default=25)
     ap.add_argument("--threads", action="store_true", help="also: the whole batch on all threads and on one, half on one")
@@ -191,7 +286,9 @@ def main():
                     help="what the trainers train in (all-bf16 and products-only excepted)")
     ap.add_argument("--products", action="store_true", help="also: a step of the products alone, in the same chunks")
     args = ap.parse_args()
-    variants = [v for v in args.variants.split(",") if v]
+    # by default every variant that this preset and precision can run (hand-backward is written for some)
+    variants = [v for v in args.variants.split(",") if v] if args.variants is not None else \
+        [v for v in VARIANTS if v != "hand-backward" or hand_backward_fits(get_preset(args.preset).model, args.precision)]
     if unknown := [v for v in variants if v not in VARIANTS]:
         ap.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.nanogpt and not Path(args.nanogpt).is_file():
@@ -224,6 +321,8 @@ def main():
             without_layernorms(model)
         if all_bf16:
             model.to(torch.bfloat16)
+        if variant == "hand-backward":
+            model = HandBackwardGPT(model)
         if variant == "gelu-multiply":
             for mlp in (m for m in model.modules() if isinstance(m, MLP)):
                 mlp.act = GeluMultiplyBackward()
@@ -234,6 +333,10 @@ def main():
         if variant == "flat-adamw":
             made.optimizer = FlatAdamW(made.model, wanted)
         return made
+
+    if "hand-backward" in variants and not hand_backward_fits(preset.model, args.precision):
+        ap.error("hand-backward is written for a GPT without biases or dropout, with GELU, in bf16 on a CPU with "
+                 "AVX512-BF16 (our attention kernel): pick such a preset (gpt-char-baby) and --precision auto or bf16")
 
     print(f"{args.preset}: batch {preset.train.batch_size} x block {model_cfg.block_size}, precision {args.precision}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}")
@@ -256,6 +359,18 @@ def main():
                   f"the largest at most")
             if not difference <= 1e-6:
                 sys.exit(f"error: flat-adamw does not train as the Trainer does ({what} differ by {difference:.1e})")
+
+    if "hand-backward" in variants:  # the same gradients as autograd's, from the same weights and batch
+        reference, hand = trainer("as-trained"), trainer("hand-backward")
+        for made in (reference, hand):
+            batch, = made.batches.draw_step(preset.train.batch_size, 1)
+            with autocast(made.precision, made.device):
+                made.model(**batch)[1].backward()
+        worst = max(((q.grad - p.grad).norm() / p.grad.norm()).item()
+                    for p, q in zip(reference.model.parameters(), hand.model.parameters()))
+        print(f"hand-backward against autograd, one step's gradients: they differ by {worst:.1e} of their norm at most")
+        if not worst <= 1e-6:
+            sys.exit(f"error: hand-backward's gradients are not autograd's (they differ by {worst:.1e} of their norm)")
 
     names = ["as-trained", *variants, *(["nanogpt"] if args.nanogpt else [])]
     made = {name: trainer(name) for name in names}

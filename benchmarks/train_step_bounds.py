@@ -98,6 +98,7 @@ class _HandStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, idx: torch.Tensor, targets: torch.Tensor, gpt: nn.Module, *params: torch.Tensor) -> torch.Tensor:
+        # params: the GPT's parameters, unused here but passed so that autograd hands them backward's gradients
         B, T = idx.shape
         N, C, H = B * T, gpt.config.n_embd, gpt.config.n_head
         layer_norm = torch.ops.aten.native_layer_norm  # -> (out, mean, 1 / std): what its backward takes

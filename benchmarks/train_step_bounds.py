@@ -106,19 +106,21 @@ class _HandStep(torch.autograd.Function):
             x = (gpt.wte.weight[idx] + gpt.wpe.weight[:T]).view(N, C)  # (N, C) fp32: the residual stream
             saved = []
             for block in gpt.blocks:
-                w = [lin.weight.to(torch.bfloat16) for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj)]
+                linears = (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj)
+                w = tuple(lin.weight.to(torch.bfloat16) for lin in linears)  # autocast's casts, once a step
+                w_qkv, w_proj, w_fc, w_down = w
                 h, mean_1, rstd_1 = layer_norm(x, [C], block.ln_1.weight, None, gpt.config.norm_eps)
                 h = h.to(torch.bfloat16)
-                qkv = h @ w[0]  # (N, 3C)
+                qkv = h @ w_qkv  # (N, 3C)
                 y, probs = torch.ops.scratchllm.causal_attention(qkv.view(B, T, 3 * C), H)
                 y = y.view(N, C)
-                x_mid = x + y @ w[1]
+                x_mid = x + y @ w_proj
                 h_mid, mean_2, rstd_2 = layer_norm(x_mid, [C], block.ln_2.weight, None, gpt.config.norm_eps)
                 h_mid = h_mid.to(torch.bfloat16)
-                f = h_mid @ w[2]  # (N, 4C)
+                f = h_mid @ w_fc  # (N, 4C)
                 g = F.gelu(f)
                 saved.append((x, mean_1, rstd_1, h, qkv, probs, y, x_mid, mean_2, rstd_2, h_mid, f, g, w))
-                x = x_mid + g @ w[3]
+                x = x_mid + g @ w_down
             h_f, mean_f, rstd_f = layer_norm(x, [C], gpt.ln_f.weight, None, gpt.config.norm_eps)
             h_f = h_f.to(torch.bfloat16)
             wte = gpt.wte.weight.to(torch.bfloat16)
@@ -144,19 +146,20 @@ class _HandStep(torch.autograd.Function):
                                                       None, [True, True, False])
         for block, (x_in, mean_1, rstd_1, h, qkv, probs, y, x_mid, mean_2, rstd_2, h_mid, f, g, w) in zip(
                 reversed(gpt.blocks), reversed(saved)):
+            w_qkv, w_proj, w_fc, w_down = w
             d_out = dx.to(torch.bfloat16)  # the MLP's output gradient
             grads[block.mlp.proj.weight] = (g.t() @ d_out).float()
-            d_f = torch.ops.aten.gelu_backward(d_out @ w[3].t(), f)
+            d_f = torch.ops.aten.gelu_backward(d_out @ w_down.t(), f)
             grads[block.mlp.fc.weight] = (h_mid.t() @ d_f).float()
-            d, grads[block.ln_2.weight], _ = norm_backward((d_f @ w[2].t()).float(), x_mid, [C], mean_2, rstd_2,
+            d, grads[block.ln_2.weight], _ = norm_backward((d_f @ w_fc.t()).float(), x_mid, [C], mean_2, rstd_2,
                                                            block.ln_2.weight, None, [True, True, False])
             dx = dx + d
             d_out = dx.to(torch.bfloat16)  # the attention's output gradient
             grads[block.attn.proj.weight] = (y.t() @ d_out).float()
             d_qkv = torch.ops.scratchllm.causal_attention_backward(qkv.view(B, T, 3 * C), probs,
-                                                                   (d_out @ w[1].t()).view(B, T, C), H).view(N, 3 * C)
+                                                                   (d_out @ w_proj.t()).view(B, T, C), H).view(N, 3 * C)
             grads[block.attn.qkv.weight] = (h.t() @ d_qkv).float()
-            d, grads[block.ln_1.weight], _ = norm_backward((d_qkv @ w[0].t()).float(), x_in, [C], mean_1, rstd_1,
+            d, grads[block.ln_1.weight], _ = norm_backward((d_qkv @ w_qkv.t()).float(), x_in, [C], mean_1, rstd_1,
                                                            block.ln_1.weight, None, [True, True, False])
             dx = dx + d
         grads[gpt.wpe.weight] = torch.zeros_like(gpt.wpe.weight)
@@ -361,20 +364,21 @@ def main():
             if not difference <= 1e-6:
                 sys.exit(f"error: flat-adamw does not train as the Trainer does ({what} differ by {difference:.1e})")
 
+    names = ["as-trained", *variants, *(["nanogpt"] if args.nanogpt else [])]
+    made = {name: trainer(name) for name in names}
     if "hand-backward" in variants:  # the same gradients as autograd's, from the same weights and batch
-        reference, hand = trainer("as-trained"), trainer("hand-backward")
-        for made in (reference, hand):
-            batch, = made.batches.draw_step(preset.train.batch_size, 1)
-            with autocast(made.precision, made.device):
-                made.model(**batch)[1].backward()
+        reference, hand = made["as-trained"], made["hand-backward"]
+        for one in (reference, hand):
+            batch, = one.batches.draw_step(preset.train.batch_size, 1)
+            with autocast(one.precision, one.device):
+                one.model(**batch)[1].backward()
         worst = max(((q.grad - p.grad).norm() / p.grad.norm()).item()
                     for p, q in zip(reference.model.parameters(), hand.model.parameters()))
         print(f"hand-backward against autograd, one step's gradients: they differ by {worst:.1e} of their norm at most")
         if not worst <= 1e-6:
             sys.exit(f"error: hand-backward's gradients are not autograd's (they differ by {worst:.1e} of their norm)")
-
-    names = ["as-trained", *variants, *(["nanogpt"] if args.nanogpt else [])]
-    made = {name: trainer(name) for name in names}
+        for one in (reference, hand):
+            one.optimizer.zero_grad(set_to_none=True)  # the timed steps start as every other trainer's do
     if args.products:
         made["products"] = ProductsAlone(model_cfg, preset.train.batch_size * model_cfg.block_size,
                                          DTYPES[resolve_precision(args.precision, torch.device("cpu"))])
